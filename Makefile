@@ -1,0 +1,55 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Debian packages the tests need: PostgreSQL (throwaway cluster), Chromium (browser tests),
+# opencv-data (BRISQUE model files)
+SYSTEM_PACKAGES := postgresql chromium opencv-data
+
+.PHONY: install install-test system-packages demo test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch/torchvision come from this machine's local wheels (see DEVELOPERS.md); then the project
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev,dask,legacy-deps]'
+	# gfpgan/realesrgan/facexlib/basicsr pin opencv-python and tb-nightly: install them without deps
+	$(BIN)/pip install -q --no-deps basicsr==1.4.2 facexlib==0.3.0 gfpgan==1.3.8 realesrgan==0.3.0
+	touch $@
+
+install: $(VENV)/.installed
+
+# DeepDanbooru needs TensorFlow (~1.6 GB): an optional extra that the tests install
+$(VENV)/.installed-tf: $(VENV)/.installed
+	$(BIN)/pip install -q 'tensorflow-cpu>=2.16,<3'
+	$(BIN)/pip install -q --no-deps deepdanbooru==1.0.4
+	touch $@
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q $$missing >/dev/null 2>&1 || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+
+install-test: install $(VENV)/.installed-tf system-packages
+
+demo: install
+	$(BIN)/python -m flows.demo
+
+test: install-test
+	$(BIN)/pytest -q --timeout 900 $(PYTEST_ARGS)
+
+bench: install
+	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf .atelier out

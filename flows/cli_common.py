@@ -1,0 +1,73 @@
+"""What every `atelier` command shares: --set parsing, JSON output, one-line failures, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+# human text goes to stderr so that --json output on stdout stays one clean object
+console = Console(stderr=True)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Exit with a one-line reason."""
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def emit(obj: Any, as_json: bool) -> None:
+    """Print one JSON object on stdout (for --json)."""
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
+    """`--set a.b=1 --set c=x` → {"a": {"b": 1}, "c": "x"}; values are parsed as YAML scalars."""
+    result: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            fail(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                fail(f"--set {pair!r}: {part!r} is set to a value and also used as a section")
+        node[parts[-1]] = value
+    return result
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def progress() -> Progress:
+    """A rich progress bar on stderr (hidden when stderr is not a terminal, e.g. in CI logs)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )

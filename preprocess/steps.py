@@ -1,0 +1,104 @@
+"""The contract every pipeline step keeps, and the table of steps.
+
+A step is loaded once per worker with its parameters (models load here, not per image) and then
+run on batches: `LoadedStep.run(items) -> outputs`, one output per item, in order. A step never
+opens the database; the prepare flow records what it returns. A step that fails on a batch is
+retried item by item by the caller, so one bad image fails alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from store.registry import Registry
+
+
+@dataclass
+class Item:
+    """One image going through the pipeline, with what earlier steps learned about it."""
+
+    image: Image.Image
+    name: str = ""  # for messages: source path or file name
+    caption: str | None = None
+    tags: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # merged metadata of earlier steps (faces, ...)
+
+
+@dataclass
+class TagSuggestion:
+    text: str
+    confidence: float
+    category: str = "general"  # general | character | rating
+
+
+@dataclass
+class StepOutput:
+    image: Image.Image | None = None  # a new image (becomes an artifact); None: image unchanged
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: boxes, landmarks, mask, ...
+    tags: list[TagSuggestion] | None = None
+    caption: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedStep:
+    name: str
+    backend: str  # e.g. "realesrgan", "lanczos" (fallback), "onnx-wd14"
+    model_id: str | None  # registry name or path of the weights
+    model_hash: str  # sha256 of the weights; "" for weight-free backends
+    run: Callable[[list[Item]], list[StepOutput]]
+    params: dict[str, Any] = field(default_factory=dict)  # validated, with defaults filled
+
+
+StepLoader = Callable[[dict[str, Any], Registry], LoadedStep]
+
+# step name → module that registers it (imported on first use so a step's heavy imports stay lazy)
+STEP_MODULES = {
+    "align": "preprocess.faces",
+    "restore": "preprocess.restore",
+    "upscale": "preprocess.upscale",
+    "outpaint": "preprocess.outpaint",
+    "tag": "preprocess.tagging",
+    "caption": "preprocess.tagging",
+    "aesthetic": "preprocess.aesthetic",
+    "quality": "preprocess.quality",
+}
+
+_LOADERS: dict[str, StepLoader] = {}
+
+
+def register(name: str) -> Callable[[StepLoader], StepLoader]:
+    def decorate(loader: StepLoader) -> StepLoader:
+        _LOADERS[name] = loader
+        return loader
+
+    return decorate
+
+
+def load_step(name: str, params: dict[str, Any], registry: Registry) -> LoadedStep:
+    """Validate `params` for step `name` and load its backend (models included)."""
+    if name not in STEP_MODULES:
+        raise ValueError(f"unknown step {name!r}; steps: {', '.join(STEP_MODULES)}")
+    importlib.import_module(STEP_MODULES[name])
+    return _LOADERS[name](dict(params), registry)
+
+
+def validate_params(model: type[BaseModel], params: dict[str, Any], step: str) -> BaseModel:
+    """Parse params with the step's pydantic model; the error names the step and the field."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(params)"
+        raise ValueError(f"step {step!r}: {where}: {first['msg']}") from None
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""The store: database (SQLAlchemy + Alembic), content-addressed blobs, dataset versions."""

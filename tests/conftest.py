@@ -1,0 +1,122 @@
+"""Shared fixtures: a fresh ATELIER_HOME, a store on SQLite or PostgreSQL, real photos, Prefect.
+
+PostgreSQL: a throwaway cluster on loopback is started once per test session from Debian's
+binaries (make test installs them), and every test gets its own database in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PHOTOS = FIXTURES / "photos"
+PG_BIN = Path(os.environ.get("ATELIER_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    """The real photos (see tests/fixtures/LICENSES.md)."""
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test API for the whole session (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """URL prefix of a throwaway PostgreSQL cluster (or ATELIER_TEST_PG_URL if set)."""
+    if url := os.environ.get("ATELIER_TEST_PG_URL"):
+        yield url.rstrip("/")
+        return
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL binaries not found in {PG_BIN}: run `make test`, which installs them")
+    base = Path(tempfile.mkdtemp(prefix="atelier-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+    port = _free_port()
+    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "atelier"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
+                    "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://atelier@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def new_pg_database(server_url: str) -> str:
+    """Create an empty database in the throwaway cluster and return its URL."""
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(f"{server_url}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return f"{server_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:
+    """A fresh database URL: SQLite in tmp_path, or a new database in the PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'home' / 'atelier.db'}"
+    return new_pg_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def atelier_env(tmp_path, monkeypatch) -> Path:
+    """A fresh ATELIER_HOME (SQLite) set in the environment; returns the home folder."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("ATELIER_HOME", str(home))
+    monkeypatch.delenv("ATELIER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ATELIER_BLOBS", raising=False)
+    monkeypatch.delenv("ATELIER_MODELS", raising=False)
+    return home
+
+
+@pytest.fixture
+def store(db_url, tmp_path, monkeypatch):
+    """A migrated Store on SQLite and on PostgreSQL, with its home in tmp_path."""
+    from store.db import Store
+    from store.settings import load_settings
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("ATELIER_HOME", str(home))
+    monkeypatch.setenv("ATELIER_DATABASE_URL", db_url)
+    monkeypatch.delenv("ATELIER_BLOBS", raising=False)
+    monkeypatch.delenv("ATELIER_MODELS", raising=False)
+    instance = Store(load_settings())
+    yield instance
+    instance.dispose()
