@@ -1,0 +1,112 @@
+"""The ingest flow: sources → safe decode (batches, threads) → blobs → images and members in the store."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from preprocess.load import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, RejectedImage, open_image
+from preprocess.sources import DEFAULT_MAX_FILE_BYTES, SourceFile, scan_sources
+from store.blobs import BlobStore, sha256_bytes
+from store.datasets import get_or_create_dataset
+from store.db import Store, open_store
+from store.dedup import DEFAULT_NEAR_THRESHOLD
+from store.members import IngestedFile, record_batch
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit
+    min_side: int = DEFAULT_MIN_SIDE  # px; smaller images are rejected
+    animated: str = "first-frame"  # or "reject"
+    near_threshold: int = DEFAULT_NEAR_THRESHOLD  # perceptual-hash bits, see store/dedup.py
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    batch_size: int = 64
+    workers: int = min(4, os.cpu_count() or 1)
+
+    def __post_init__(self):
+        if self.animated not in ("first-frame", "reject"):
+            raise ValueError(f"animated: expected 'first-frame' or 'reject', got {self.animated!r}")
+        if self.batch_size < 1 or self.workers < 1 or self.min_side < 1 or self.max_pixels < 1:
+            raise ValueError("batch_size, workers, min_side and max_pixels must be positive")
+
+
+def decode_file(item: SourceFile, sidecar: str | None, blobs: BlobStore, options: IngestOptions) -> IngestedFile:
+    """Read, verify and hash one file; its original bytes go to the blob store unchanged."""
+    try:
+        data = item.read()
+        loaded = open_image(data, max_pixels=options.max_pixels, min_side=options.min_side, animated=options.animated)
+    except RejectedImage as error:
+        return IngestedFile(path=item.path, rejected=str(error))
+    except OSError as error:
+        return IngestedFile(path=item.path, rejected=f"unreadable file: {error}")
+    sha = sha256_bytes(data)
+    blobs.put(data, loaded.ext)
+    return IngestedFile(path=item.path, sha256=sha, phash=loaded.phash, width=loaded.width, height=loaded.height,
+                        format=loaded.format, ext=loaded.ext, byte_size=len(data), mode=loaded.mode,
+                        orientation=loaded.orientation, sidecar=sidecar)
+
+
+def decode_files(batch: list[tuple[SourceFile, str | None]], blobs: BlobStore, options: IngestOptions) -> list[IngestedFile]:
+    with ThreadPoolExecutor(options.workers) as pool:
+        return list(pool.map(lambda pair: decode_file(pair[0], pair[1], blobs, options), batch))
+
+
+decode_batch = task(decode_files, name="decode-batch", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+
+
+def run_ingest(
+    store: Store,
+    sources: list[Path],
+    dataset: str,
+    options: IngestOptions = IngestOptions(),
+    decode: Callable = decode_files,
+    on_progress: Callable[[int, int], None] | None = None,
+    dataset_settings: dict | None = None,
+) -> dict:
+    """Ingest `sources` into `dataset`; returns the report that `atelier ingest --json` prints."""
+    scan = scan_sources([Path(s) for s in sources], options.max_file_bytes)
+    with store.session() as session:
+        dataset_id = get_or_create_dataset(session, dataset, **(dataset_settings or {})).id
+    report = {"dataset": dataset, "scanned": len(scan.files), "added": 0, "unchanged": 0, "exact_duplicates": 0,
+              "near_duplicates": [], "exact_duplicate_pairs": [], "rejected": list(scan.rejected),
+              "ignored": scan.ignored}
+    for start in range(0, len(scan.files), options.batch_size):
+        chunk = scan.files[start:start + options.batch_size]
+        decoded = decode([(f, scan.sidecar_for(f)) for f in chunk], store.blobs, options)
+        with store.session() as session:
+            outcome = record_batch(session, dataset_id, decoded, options.near_threshold)
+        report["added"] += len(outcome.added)
+        report["unchanged"] += len(outcome.unchanged)
+        report["exact_duplicates"] += len(outcome.exact_duplicates)
+        report["exact_duplicate_pairs"] += outcome.exact_duplicates
+        report["near_duplicates"] += outcome.near_duplicates
+        report["rejected"] += outcome.rejected
+        if on_progress:
+            on_progress(start + len(chunk), len(scan.files))
+    return report
+
+
+def ingest(store: Store, sources: list[Path], dataset: str, **options) -> dict:
+    """Plain-Python ingest (no Prefect): for scripts, tests of later stages and benchmarks."""
+    return run_ingest(store, sources, dataset, IngestOptions(**options))
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(sources: list[str], dataset: str, options: dict | None = None,
+                dataset_settings: dict | None = None, on_progress: Callable | None = None) -> dict:
+    """Prefect flow: decode in batches (one task per batch, retried on transient errors), record per batch."""
+    store = open_store()
+    report = run_ingest(store, [Path(s) for s in sources], dataset, IngestOptions(**(options or {})),
+                        decode=decode_batch, on_progress=on_progress, dataset_settings=dataset_settings)
+    print(f"ingest {dataset}: scanned {report['scanned']}, added {report['added']}, "
+          f"near duplicates {len(report['near_duplicates'])}, rejected {len(report['rejected'])}")
+    return report
+
+

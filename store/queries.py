@@ -1,0 +1,359 @@
+"""Read queries shared by the dashboard and the CLI: the member grid, one member, the tag table, charts.
+
+The grid filter is a plain dataclass; `grid_filter_from_params` reads it from a query string,
+so the pages, the JSON API and scripts all speak the same filter language.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+from sqlalchemy import Select, and_, case, func, not_, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from store.models import Artifact, AuditEntry, Caption, Dataset, Image, Member, Score, Tag
+
+STATUSES = ("active", "excluded", "duplicate", "all")
+TAG_STATUSES = ("suggested", "accepted", "rejected")
+SORTS = ("date", "confidence", "score")
+MAX_PER_PAGE = 200
+
+
+class QueryError(ValueError):
+    """A filter or sort the store does not understand (the message names the field)."""
+
+
+class NotFound(LookupError):
+    pass
+
+
+@dataclass
+class GridFilter:
+    """What a curator asks the grid for. Tag lists: all must match (and), any (or), none (not)."""
+
+    tags_all: list[str] = field(default_factory=list)
+    tags_any: list[str] = field(default_factory=list)
+    tags_none: list[str] = field(default_factory=list)
+    tag_source: str | None = None  # model | human
+    tag_status: str | None = None  # suggested | accepted | rejected; default: anything but rejected
+    scores: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    face: bool | None = None
+    status: str = "active"  # active | excluded | duplicate | all
+    unreviewed: bool = False
+    sort: str = "date"  # date | confidence | score:<name>
+    descending: bool = True
+    page: int = 1
+    per_page: int = 48
+
+    def to_params(self) -> dict[str, str]:
+        """The query-string form (inverse of grid_filter_from_params), without defaults."""
+        out: dict[str, str] = {}
+        for name in ("tags_all", "tags_any", "tags_none"):
+            if getattr(self, name):
+                out[name] = ", ".join(getattr(self, name))
+        for name in ("tag_source", "tag_status"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        for score, (low, high) in self.scores.items():
+            if low is not None:
+                out[f"min_{score}"] = str(low)
+            if high is not None:
+                out[f"max_{score}"] = str(high)
+        if self.face is not None:
+            out["face"] = "yes" if self.face else "no"
+        if self.status != "active":
+            out["status"] = self.status
+        if self.unreviewed:
+            out["unreviewed"] = "1"
+        if self.sort != "date":
+            out["sort"] = self.sort
+        if not self.descending:
+            out["order"] = "asc"
+        if self.per_page != 48:
+            out["per_page"] = str(self.per_page)
+        return out
+
+
+def _split_tags(value: str | None) -> list[str]:
+    return [t.strip() for t in (value or "").split(",") if t.strip()]
+
+
+def _number(params: Mapping[str, str], key: str) -> float | None:
+    raw = (params.get(key) or "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise QueryError(f"{key}: not a number: {raw!r}") from None
+
+
+def grid_filter_from_params(params: Mapping[str, str]) -> GridFilter:
+    """Read a GridFilter from query parameters (tags comma-separated, min_<score>/max_<score>)."""
+    f = GridFilter(
+        tags_all=_split_tags(params.get("tags_all")),
+        tags_any=_split_tags(params.get("tags_any")),
+        tags_none=_split_tags(params.get("tags_none")),
+        tag_source=params.get("tag_source") or None,
+        tag_status=params.get("tag_status") or None,
+        status=params.get("status") or "active",
+        unreviewed=(params.get("unreviewed") or "") in ("1", "true", "yes", "on"),
+        sort=params.get("sort") or "date",
+        descending=(params.get("order") or "desc") != "asc",
+    )
+    if f.tag_source not in (None, "model", "human"):
+        raise QueryError(f"tag_source: expected model or human, got {f.tag_source!r}")
+    if f.tag_status not in (None, *TAG_STATUSES):
+        raise QueryError(f"tag_status: expected one of {', '.join(TAG_STATUSES)}, got {f.tag_status!r}")
+    if f.status not in STATUSES:
+        raise QueryError(f"status: expected one of {', '.join(STATUSES)}, got {f.status!r}")
+    if f.sort.split(":", 1)[0] not in SORTS or (f.sort.startswith("score") and ":" not in f.sort):
+        raise QueryError(f"sort: expected date, confidence or score:<name>, got {f.sort!r}")
+    face = (params.get("face") or "").lower()
+    if face not in ("", "any", "yes", "no"):
+        raise QueryError(f"face: expected yes, no or any, got {face!r}")
+    f.face = {"yes": True, "no": False}.get(face)
+    for key in params:
+        if key.startswith(("min_", "max_")) and params.get(key, "").strip():
+            name = key[4:]
+            low, high = f.scores.get(name, (None, None))
+            value = _number(params, key)
+            f.scores[name] = (value, high) if key.startswith("min_") else (low, value)
+    for key, default in (("page", 1), ("per_page", 48)):
+        raw = params.get(key) or str(default)
+        if not raw.isdigit() or int(raw) < 1:
+            raise QueryError(f"{key}: expected a positive whole number, got {raw!r}")
+        setattr(f, key, min(int(raw), MAX_PER_PAGE) if key == "per_page" else int(raw))
+    return f
+
+
+def dataset_id(session: Session, name: str) -> int:
+    found = session.scalar(select(Dataset.id).where(Dataset.name == name))
+    if found is None:
+        raise NotFound(f"dataset {name!r} not found")
+    return found
+
+
+def list_datasets(session: Session) -> list[dict[str, Any]]:
+    counts = dict(session.execute(select(Member.dataset_id, func.count()).group_by(Member.dataset_id)).all())
+    return [{"name": d.name, "id": d.id, "members": counts.get(d.id, 0), "created_at": d.created_at}
+            for d in session.scalars(select(Dataset).order_by(Dataset.name))]
+
+
+def _tag_match(f: GridFilter):
+    """Conditions on a Tag row that make it count as a match for this filter."""
+    conds = []
+    if f.tag_source:
+        conds.append(Tag.source.like(f"{f.tag_source}:%"))
+    conds.append(Tag.status == f.tag_status if f.tag_status else Tag.status != "rejected")
+    return conds
+
+
+def _has_face():
+    faces_score = select(Score.member_id).where(Score.name == "faces", Score.value > 0)
+    found = Artifact.meta["faces"].as_string()
+    aligned = select(Artifact.image_id).where(
+        Artifact.step == "align", found.is_not(None), found.not_in(["[]", "0", "null", ""]))
+    return or_(Member.id.in_(faces_score), Member.image_id.in_(aligned))
+
+
+def member_conditions(dataset: int, f: GridFilter) -> list:
+    """WHERE clauses on Member for a dataset and a filter (used by the grid and bulk edits)."""
+    conds = [Member.dataset_id == dataset]
+    if f.status != "all":
+        conds.append(Member.status == f.status)
+    match = _tag_match(f)
+    for text in f.tags_all:
+        conds.append(Member.id.in_(select(Tag.member_id).where(Tag.text == text, *match)))
+    if f.tags_any:
+        conds.append(Member.id.in_(select(Tag.member_id).where(Tag.text.in_(f.tags_any), *match)))
+    if f.tags_none:
+        conds.append(not_(Member.id.in_(select(Tag.member_id).where(Tag.text.in_(f.tags_none), *match))))
+    if not (f.tags_all or f.tags_any) and (f.tag_source or f.tag_status):
+        conds.append(Member.id.in_(select(Tag.member_id).where(*match)))
+    for name, (low, high) in f.scores.items():
+        score = [Score.name == name]
+        if low is not None:
+            score.append(Score.value >= low)
+        if high is not None:
+            score.append(Score.value <= high)
+        conds.append(Member.id.in_(select(Score.member_id).where(*score)))
+    if f.face is not None:
+        conds.append(_has_face() if f.face else not_(_has_face()))
+    if f.unreviewed:
+        conds.append(Member.reviewed_at.is_(None))
+    return conds
+
+
+def matching_member_ids(session: Session, dataset: int, f: GridFilter) -> list[int]:
+    """Every member id the filter matches (no paging): what a bulk edit 'over the filter' covers."""
+    return list(session.scalars(select(Member.id).where(*member_conditions(dataset, f)).order_by(Member.id)))
+
+
+def _ordered(query: Select, f: GridFilter) -> Select:
+    direction = (lambda c: c.desc()) if f.descending else (lambda c: c.asc())
+    if f.sort.startswith("score:"):
+        score = aliased(Score)
+        query = query.outerjoin(score, and_(score.member_id == Member.id, score.name == f.sort[6:]))
+        # members without the score go last either way
+        return query.order_by(score.value.is_(None), direction(score.value), direction(Member.id))
+    if f.sort == "confidence":
+        texts = f.tags_all + f.tags_any
+        conf = select(func.max(Tag.confidence) if texts else func.min(Tag.confidence)).where(
+            Tag.member_id == Member.id, *(
+                [Tag.text.in_(texts)] if texts else [Tag.status == "suggested"])).scalar_subquery()
+        return query.order_by(conf.is_(None), direction(conf), direction(Member.id))
+    # ids grow with insertion, so id order is date-added order and uses the primary key
+    return query.order_by(direction(Member.id))
+
+
+def _thumb_of(row) -> tuple[str, str]:
+    return (row.art_sha, row.art_ext) if row.art_sha else (row.img_sha, row.img_ext)
+
+
+def grid_page(session: Session, dataset: int, f: GridFilter) -> dict[str, Any]:
+    """One page of members with their thumbnail hash, caption and chosen scores, plus the total."""
+    conds = member_conditions(dataset, f)
+    total = session.scalar(select(func.count()).select_from(Member).where(*conds))
+    query = (
+        select(Member.id, Member.status, Member.caption, Member.revision, Member.reviewed_at,
+               Member.source_path, Image.sha256.label("img_sha"), Image.ext.label("img_ext"),
+               Artifact.sha256.label("art_sha"), Artifact.ext.label("art_ext"))
+        .join(Image, Image.id == Member.image_id)
+        .outerjoin(Artifact, Artifact.id == Member.current_artifact_id)
+        .where(*conds)
+    )
+    rows = session.execute(_ordered(query, f).limit(f.per_page).offset((f.page - 1) * f.per_page)).all()
+    ids = [r.id for r in rows]
+    scores: dict[int, dict[str, float]] = {}
+    for member_id, name, value in session.execute(
+            select(Score.member_id, Score.name, Score.value).where(Score.member_id.in_(ids))):
+        scores.setdefault(member_id, {})[name] = value
+    items = []
+    for position, r in enumerate(rows):
+        sha, ext = _thumb_of(r)
+        items.append({"id": r.id, "index": (f.page - 1) * f.per_page + position, "status": r.status,
+                      "caption": r.caption, "revision": r.revision, "reviewed": r.reviewed_at is not None,
+                      "source_path": r.source_path, "sha256": sha, "ext": ext,
+                      "scores": scores.get(r.id, {})})
+    pages = max(1, -(-total // f.per_page))
+    return {"total": total, "page": f.page, "pages": pages, "per_page": f.per_page, "items": items,
+            "filter": asdict(f)}
+
+
+def neighbour(session: Session, dataset: int, f: GridFilter, index: int) -> int | None:
+    """The member id at position `index` of the filtered, sorted list (for next/previous)."""
+    if index < 0:
+        return None
+    query = _ordered(select(Member.id).where(*member_conditions(dataset, f)), f)
+    return session.scalar(query.limit(1).offset(index))
+
+
+def tag_rows(session: Session, member_id: int) -> list[dict[str, Any]]:
+    tags = session.scalars(select(Tag).where(Tag.member_id == member_id)
+                           .order_by(Tag.position, Tag.confidence.desc(), Tag.text))
+    return [{"text": t.text, "source": t.source, "category": t.category, "confidence": t.confidence,
+             "status": t.status, "position": t.position, "updated_by": t.updated_by} for t in tags]
+
+
+def member_state(session: Session, member_id: int) -> dict[str, Any]:
+    """The editable state of one member: what a conflict reply and every write reply carry."""
+    m = session.get(Member, member_id, populate_existing=True)
+    if m is None:
+        raise NotFound(f"member {member_id} not found")
+    last = session.execute(select(AuditEntry.user, AuditEntry.action, AuditEntry.at)
+                           .where(AuditEntry.target == f"member:{member_id}")
+                           .order_by(AuditEntry.id.desc()).limit(1)).first()
+    return {"id": m.id, "dataset_id": m.dataset_id, "revision": m.revision, "status": m.status,
+            "excluded_reason": m.excluded_reason, "caption": m.caption, "caption_source": m.caption_source,
+            "reviewed_at": m.reviewed_at, "reviewed_by": m.reviewed_by, "tags": tag_rows(session, m.id),
+            "last_change": dict(last._mapping) if last else None}
+
+
+def member_detail(session: Session, member_id: int) -> dict[str, Any]:
+    """Everything the image view shows: state, original, derived artifacts with lineage, scores."""
+    state = member_state(session, member_id)
+    m = session.get(Member, member_id)
+    image = session.get(Image, m.image_id)
+    artifacts = session.scalars(select(Artifact).where(Artifact.image_id == m.image_id).order_by(Artifact.id))
+    state["source_path"] = m.source_path
+    state["original"] = {"sha256": image.sha256, "ext": image.ext, "width": image.width,
+                         "height": image.height, "format": image.format}
+    state["artifacts"] = [{"id": a.id, "sha256": a.sha256, "ext": a.ext, "width": a.width, "height": a.height,
+                           "step": a.step, "params": a.params, "backend": a.backend, "model_id": a.model_id,
+                           "parent_id": a.parent_id, "meta": a.meta, "current": a.id == m.current_artifact_id}
+                          for a in artifacts]
+    state["scores"] = {s.name: {"value": s.value, "source": s.source}
+                       for s in session.scalars(select(Score).where(Score.member_id == member_id))}
+    state["captions"] = [{"source": c.source, "text": c.text}
+                         for c in session.scalars(select(Caption).where(Caption.member_id == member_id))]
+    return state
+
+
+def tag_table(session: Session, dataset: int, contains: str = "", limit: int = 200,
+              offset: int = 0) -> dict[str, Any]:
+    """Every tag of a dataset: frequency, model/human counts, acceptance rate (accepted / decided)."""
+    accepted = func.sum(case((Tag.status == "accepted", 1), else_=0))
+    rejected = func.sum(case((Tag.status == "rejected", 1), else_=0))
+    human = func.sum(case((Tag.source.like("human:%"), 1), else_=0))
+    query = (select(Tag.text, func.count().label("n"), accepted.label("accepted"), rejected.label("rejected"),
+                    human.label("human"), func.avg(Tag.confidence).label("confidence"))
+             .join(Member, Member.id == Tag.member_id).where(Member.dataset_id == dataset))
+    if contains:
+        query = query.where(Tag.text.contains(contains, autoescape=True))
+    query = query.group_by(Tag.text)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.execute(query.order_by(func.count().desc(), Tag.text).limit(limit).offset(offset)).all()
+    out = []
+    for r in rows:
+        decided = (r.accepted or 0) + (r.rejected or 0)
+        out.append({"text": r.text, "count": r.n, "accepted": r.accepted or 0, "rejected": r.rejected or 0,
+                    "human": r.human or 0, "model": r.n - (r.human or 0),
+                    "acceptance_rate": (r.accepted / decided) if decided else None,
+                    "mean_confidence": r.confidence})
+    return {"total": total, "tags": out}
+
+
+def score_histogram(session: Session, dataset: int, name: str, bins: int = 20) -> dict[str, Any]:
+    values = list(session.scalars(select(Score.value).join(Member, Member.id == Score.member_id)
+                                  .where(Member.dataset_id == dataset, Score.name == name)))
+    if not values:
+        return {"name": name, "bins": [], "low": None, "high": None, "count": 0}
+    low, high = min(values), max(values)
+    width = (high - low) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(int((v - low) / width), bins - 1)] += 1
+    return {"name": name, "low": low, "high": high, "count": len(values),
+            "bins": [{"from": low + i * width, "to": low + (i + 1) * width, "count": c}
+                     for i, c in enumerate(counts)]}
+
+
+def score_names(session: Session, dataset: int) -> list[str]:
+    return list(session.scalars(select(Score.name).join(Member, Member.id == Score.member_id)
+                                .where(Member.dataset_id == dataset).distinct().order_by(Score.name)))
+
+
+def audit_entries(session: Session, *, user: str | None = None, action: str | None = None,
+                  dataset: int | None = None, target: str | None = None, since: datetime | None = None,
+                  limit: int = 100, offset: int = 0) -> dict[str, Any]:
+    """The audit log, newest first, filtered by any of user, action, dataset, target prefix, time."""
+    conds = []
+    if user:
+        conds.append(AuditEntry.user == user)
+    if action:
+        conds.append(AuditEntry.action == action)
+    if dataset is not None:
+        conds.append(AuditEntry.dataset_id == dataset)
+    if target:
+        conds.append(AuditEntry.target.startswith(target, autoescape=True))
+    if since:
+        conds.append(AuditEntry.at >= since)
+    total = session.scalar(select(func.count()).select_from(AuditEntry).where(*conds))
+    rows = session.scalars(select(AuditEntry).where(*conds).order_by(AuditEntry.id.desc())
+                           .limit(limit).offset(offset))
+    return {"total": total, "entries": [
+        {"id": e.id, "user": e.user, "at": e.at, "action": e.action, "dataset_id": e.dataset_id,
+         "target": e.target, "before": e.before, "after": e.after, "undone_at": e.undone_at} for e in rows]}
