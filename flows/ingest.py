@@ -75,8 +75,13 @@ def run_ingest(
     with store.session() as session:
         dataset_id = get_or_create_dataset(session, dataset, **(dataset_settings or {})).id
     report = {"dataset": dataset, "scanned": len(scan.files), "added": 0, "unchanged": 0, "exact_duplicates": 0,
-              "near_duplicates": [], "exact_duplicate_pairs": [], "rejected": list(scan.rejected),
+              "near_duplicates": [], "exact_duplicate_pairs": [], "rejected": [],
               "ignored": scan.ignored}
+    if scan.rejected:  # refused while scanning (symlinks out, zip-slip, oversized): recorded like the rest
+        with store.session() as session:
+            outcome = record_batch(session, dataset_id, [IngestedFile(path=r["path"], rejected=r["reason"])
+                                                         for r in scan.rejected], options.near_threshold)
+        report["rejected"] += outcome.rejected
     for start in range(0, len(scan.files), options.batch_size):
         chunk = scan.files[start:start + options.batch_size]
         decoded = decode([(f, scan.sidecar_for(f)) for f in chunk], store.blobs, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +37,9 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+_UPGRADE_LOCK = threading.Lock()  # Alembic keeps global state: one upgrade at a time per process
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision in place (never drops data)."""
     from alembic import command
@@ -43,7 +47,7 @@ def upgrade(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with _UPGRADE_LOCK, engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -34,8 +34,11 @@ def photos() -> Path:
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test API for the whole session (starting one costs seconds)."""
+    from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
+    # set Prefect's log handlers up on the real stderr now, not on a CliRunner stream closed later
+    setup_logging()
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
