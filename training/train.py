@@ -1,0 +1,322 @@
+"""The training loop, top to bottom: data → model → loop → checkpoints → exports.
+
+`run_training(config, data_dir, output_dir)` trains LoRA, DreamBooth or DreamBooth-LoRA on a
+kohya-layout folder and returns a result dict (metrics + outputs). It runs in-process; the flow
+starts it in a subprocess through `python -m training.run` so a crash cannot take the flow down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from training import data as D
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.models import load_base_model
+
+
+def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:
+    """A seed that depends only on (seed, step, micro-batch, stream): resume needs no generator state."""
+    return int(hashlib.sha256(f"{seed}:{step}:{micro}:{stream}".encode()).hexdigest()[:15], 16)
+
+
+def encode_prompts(model, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text-encoder hidden states (SDXL: both encoders' penultimate layers, concatenated) and SDXL's pooled embeds."""
+    states, pooled = [], None
+    for tokenizer, encoder in zip(model.tokenizers, model.text_encoders):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        if model.family != "sdxl":
+            return encoder(ids)[0], None
+        out = encoder(ids, output_hidden_states=True)
+        pooled = out[0]
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, dim=-1), pooled
+
+
+def sdxl_time_ids(examples: list[D.Example], bucket: tuple[int, int], device) -> torch.Tensor:
+    """(original h, w, crop top, left, target h, w) per example — SDXL's size and crop conditioning."""
+    rows = []
+    for example in examples:
+        _, (top, left) = D.cover_crop(example.size, bucket)
+        rows.append([example.size[1], example.size[0], top, left, bucket[1], bucket[0]])
+    return torch.tensor(rows, dtype=torch.float32, device=device)
+
+
+def diffusion_loss(model, unet, scheduler, config: TrainConfig, latents, prompts, examples, bucket,
+                   generator: torch.Generator, device, autocast) -> torch.Tensor:
+    """Noise the latents at random timesteps, predict, and return the (min-SNR-weighted) MSE."""
+    from diffusers.training_utils import compute_snr
+
+    noise = torch.randn(latents.shape, generator=generator)
+    if config.noise_offset:
+        noise += config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    with autocast():
+        hidden, pooled = encode_prompts(model, prompts, device)
+        kwargs = {}
+        if model.family == "sdxl":
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": sdxl_time_ids(examples, bucket, device)}
+        pred = unet(noisy, timesteps, hidden, **kwargs).sample
+    target = scheduler.get_velocity(latents, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" else noise
+    if config.snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    snr = compute_snr(scheduler, timesteps)
+    weights = torch.stack([snr, config.snr_gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    weights = weights / snr if scheduler.config.prediction_type == "epsilon" else weights / (snr + 1)
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+    return (loss * weights).mean()
+
+
+def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, dataset: dict[str, Any] | None = None,
+                 cache_dir: Path | None = None, stop_at_step: int | None = None, resume: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and export; `stop_at_step` stops early after a checkpoint (used to test resume)."""
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, cast_training_params
+
+    output_dir, dataset = Path(output_dir), dataset or {}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cache_dir is None:
+        from store.settings import load_settings
+        cache_dir = load_settings().cache_dir
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    notes: list[str] = []
+
+    # --- device and precision -------------------------------------------------------------
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    weight_dtype = torch.float32
+    if config.mixed_precision != "no" and device.type != "cuda":
+        notes.append(f"mixed_precision={config.mixed_precision} asked for, but there is no GPU: training in fp32 on CPU")
+    elif config.mixed_precision != "no":
+        weight_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
+
+    def autocast():
+        return torch.autocast(device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32)
+
+    # --- model ----------------------------------------------------------------------------
+    torch.manual_seed(config.seed)
+    model = load_base_model(config.base_model, config.base_model_config, config.model_family)
+    pipe, unet, vae = model.pipeline, model.pipeline.unet, model.pipeline.vae
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    vae.requires_grad_(False)
+    unet.requires_grad_(False)
+    for encoder in model.text_encoders:
+        encoder.requires_grad_(False)
+    trained: dict[str, torch.nn.Module] = {"unet": unet}
+    if config.uses_lora:
+        from peft import LoraConfig
+
+        unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                                    target_modules=config.target_modules))
+        if config.train_text_encoder:
+            for index, encoder in enumerate(model.text_encoders):
+                encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                                               target_modules=config.text_encoder_target_modules))
+                trained[f"text_encoder{'_2' if index else ''}"] = encoder
+    else:
+        unet.requires_grad_(True)
+        if config.train_text_encoder:
+            model.text_encoders[0].requires_grad_(True)
+            trained["text_encoder"] = model.text_encoders[0]
+    frozen_dtype = weight_dtype if config.uses_lora else torch.float32
+    unet.to(device, dtype=frozen_dtype)
+    vae.to(device, dtype=torch.float32)  # the VAE encodes once per image (cached); fp32 avoids NaNs in SD's VAE
+    for encoder in model.text_encoders:
+        encoder.to(device, dtype=frozen_dtype if encoder not in trained.values() or config.uses_lora else torch.float32)
+    if config.uses_lora:
+        cast_training_params(list(trained.values()), dtype=torch.float32)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    for module in trained.values():
+        module.train()
+
+    # --- data -----------------------------------------------------------------------------
+    examples = D.scan_kohya_folder(Path(data_dir), config.repeats)
+    if config.enable_bucket:
+        bucket_list = D.make_buckets(config.resolution, config.bucket_reso_steps, config.min_bucket_reso, config.max_bucket_reso)
+        buckets = {i: D.assign_bucket(e.size, bucket_list) for i, e in enumerate(examples)}
+    else:
+        buckets = {i: (config.resolution, config.resolution) for i in range(len(examples))}
+    latents_cache = D.LatentCache(Path(cache_dir) / "latents", vae, model.sha256, device, torch.float32)
+    epoch_length = len(D.epoch_batches(examples, buckets, config.train_batch_size, config.seed, 0))
+    class_examples: list[D.Example] = []
+    if config.prior.enabled:
+        from training.prior import class_images_folder, ensure_class_images
+
+        prompt = config.prior.class_prompt or f"a photo of {config.class_word}"
+        folder = Path(config.prior.class_data_dir) if config.prior.class_data_dir else \
+            class_images_folder(cache_dir, model.sha256, prompt, config.resolution)
+        paths = ensure_class_images(pipe, folder, prompt, config.prior.num_class_images, config.resolution,
+                                    batch_size=config.prior.sample_batch_size, steps=config.prior.num_inference_steps,
+                                    seed=config.seed, log=log)
+        class_examples = [D.Example(p, D.file_sha256(p), prompt, 1, "class", (config.resolution,) * 2) for p in paths]
+    log(f"data: {len(examples)} images, {len(set(buckets.values()))} buckets, {epoch_length} batches per epoch; "
+        f"device {device}, weights {str(weight_dtype).removeprefix('torch.')}")
+
+    # --- optimiser, schedule, EMA ---------------------------------------------------------
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate}]
+    for name, module in trained.items():
+        if name != "unet":
+            groups.append({"params": [p for p in module.parameters() if p.requires_grad],
+                           "lr": config.text_encoder_lr or config.learning_rate})
+    optimizer_cls = torch.optim.AdamW
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+
+            optimizer_cls = bnb.optim.AdamW8bit if device.type == "cuda" else torch.optim.AdamW
+        except ImportError:
+            notes.append("use_8bit_adam: bitsandbytes is not installed; using torch AdamW")
+    optimizer = optimizer_cls(groups, betas=(config.adam_beta1, config.adam_beta2),
+                              weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=config.max_train_steps)
+    scaler = torch.amp.GradScaler(device.type) if weight_dtype == torch.float16 else None
+    trainable = [p for g in groups for p in g["params"]]
+    ema = EMAModel(trainable, decay=config.ema_decay) if config.use_ema else None
+
+    # --- resume ---------------------------------------------------------------------------
+    start_step, loss_history = 0, []
+    checkpoints = output_dir / "checkpoints"
+    if resume and (found := latest_checkpoint(checkpoints)):
+        state = load_checkpoint(found, trained, optimizer, lr_scheduler, scaler, ema)
+        start_step, loss_history = state["step"], state.get("loss_history", [])
+        log(f"resumed from {found.name} at step {start_step}")
+
+    writer = None
+    if config.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(output_dir / "logs"))
+
+    # --- loop -----------------------------------------------------------------------------
+    samples: list[dict] = []
+    timed_steps, started = 0, time.perf_counter()
+    epoch_cache: dict[int, list[list[int]]] = {}
+    for step in range(start_step, config.max_train_steps):
+        total = 0.0
+        for micro in range(config.gradient_accumulation_steps):
+            index = step * config.gradient_accumulation_steps + micro
+            epoch, position = divmod(index, epoch_length)
+            if epoch not in epoch_cache:
+                epoch_cache = {epoch: D.epoch_batches(examples, buckets, config.train_batch_size, config.seed, epoch)}
+            ids = epoch_cache[epoch][position]
+            batch, bucket = [examples[i] for i in ids], buckets[ids[0]]
+            generator = torch.Generator().manual_seed(_step_seed(config.seed, step, micro, "noise"))
+            rng = random.Random(_step_seed(config.seed, step, micro, "caption"))
+            latents = torch.stack([D.sample_latents(latents_cache.get(e, bucket)[None], generator)[0] for e in batch])
+            latents = latents * vae.config.scaling_factor
+            prompts = [D.build_caption(e.caption, config, rng) for e in batch]
+            loss = diffusion_loss(model, unet, scheduler, config, latents, prompts, batch, bucket, generator, device, autocast)
+            if class_examples:
+                chosen = [class_examples[(index * len(batch) + j) % len(class_examples)] for j in range(len(batch))]
+                size = (config.resolution, config.resolution)
+                prior_latents = torch.stack([D.sample_latents(latents_cache.get(e, size)[None], generator)[0] for e in chosen])
+                prior = diffusion_loss(model, unet, scheduler, config, prior_latents * vae.config.scaling_factor,
+                                       [e.caption for e in chosen], chosen, size, generator, device, autocast)
+                loss = loss + config.prior.prior_loss_weight * prior
+            loss = loss / config.gradient_accumulation_steps
+            (scaler.scale(loss) if scaler else loss).backward()
+            total += loss.item()
+        if scaler:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema:
+            ema.step(trainable)
+        done = step + 1
+        timed_steps += 1
+        loss_history.append(total)
+        if writer:
+            writer.add_scalar("train/loss", total, done)
+            writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], done)
+        if done % 10 == 0 or done == config.max_train_steps or done == start_step + 1:
+            log(f"step {done}/{config.max_train_steps} loss {total:.4f} lr {lr_scheduler.get_last_lr()[0]:.2e}")
+        if config.validation_steps and config.validation_prompts and done % config.validation_steps == 0:
+            samples += validation_samples(pipe, config, output_dir, done, device)
+        if done % config.checkpointing_steps == 0 or done == stop_at_step:
+            save_checkpoint(checkpoints, done, trained, optimizer, lr_scheduler, scaler, ema,
+                            {"loss_history": loss_history}, keep=config.checkpoints_total_limit)
+        if done == stop_at_step:
+            log(f"stopped at step {done} as asked (stop_at_step)")
+            return {"status": "stopped", "step": done}
+    seconds = time.perf_counter() - started
+
+    # --- outputs --------------------------------------------------------------------------
+    if ema:
+        ema.copy_to(trainable)
+    for module in trained.values():
+        module.eval()
+    if config.validation_prompts:
+        samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device)
+    outputs = export_outputs(config, model, examples, output_dir, dataset, started_at)
+    outputs["samples"] = samples
+    tail = loss_history[-max(1, len(loss_history) // 10):]
+    head = loss_history[: max(1, len(loss_history) // 10)]
+    metrics = {
+        "steps": config.max_train_steps, "first_loss": sum(head) / len(head), "final_loss": sum(tail) / len(tail),
+        "loss_history": loss_history[:: max(1, len(loss_history) // 50)],
+        "seconds_per_step": seconds / max(1, timed_steps), "images": len(examples), "device": device.type,
+        "latent_cache": {"hits": latents_cache.hits, "misses": latents_cache.misses}, "notes": notes,
+    }
+    if writer:
+        writer.close()
+    result = {"status": "succeeded", "family": model.family, "base_model_hash": model.sha256,
+              "metrics": metrics, "outputs": outputs}
+    (output_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, device) -> list[dict]:
+    """Fixed prompts × fixed seeds → PNGs under samples/step-N/; returns [{path, prompt, seed, step}]."""
+    from training.export import sha256_file
+
+    folder = output_dir / "samples" / f"step-{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    pipe.to(device)
+    for p_index, prompt in enumerate(config.validation_prompts):
+        for seed in config.validation_seeds:
+            with torch.no_grad():
+                image = pipe(prompt, num_inference_steps=config.validation_inference_steps, height=config.resolution,
+                             width=config.resolution, generator=torch.Generator().manual_seed(seed)).images[0]
+            path = folder / f"{p_index:02d}-seed{seed}.png"
+            image.save(path)
+            rows.append({"path": str(path), "sha256": sha256_file(path), "prompt": prompt, "seed": seed, "step": step})
+    return rows
+
+
+def export_outputs(config: TrainConfig, model, examples, output_dir: Path, dataset: dict, started_at: str) -> dict:
+    from training import export
+
+    pipe = model.pipeline
+    outputs: dict[str, Any] = {}
+    if config.uses_lora:
+        layers = export.lora_layers(pipe.unet, model.text_encoders)
+        meta = export.kohya_metadata(config, model.family, model.sha256, dataset, examples,
+                                     D.tag_frequency(examples), started_at)
+        name = f"{dataset.get('name', 'lora')}-v{dataset.get('version', 0)}.safetensors"
+        outputs["lora"] = export.save_lora_kohya(output_dir / name, layers, config.alpha, model.family, meta)
+        outputs["lora_peft"] = export.save_lora_peft(output_dir / "lora_peft", type(pipe), layers, config.alpha, config.rank)
+    else:
+        pipe.to(torch.float32)
+        outputs.update(export.save_dreambooth(output_dir, pipe, model.family))
+    return outputs
