@@ -17,7 +17,7 @@ from store.blobs import BlobStore, sha256_bytes
 from store.datasets import get_or_create_dataset
 from store.db import Store, open_store
 from store.dedup import DEFAULT_NEAR_THRESHOLD
-from store.members import IngestedFile, record_batch
+from store.members import IngestedFile, dataset_image_hashes, record_batch
 
 
 @dataclass(frozen=True)
@@ -37,25 +37,31 @@ class IngestOptions:
             raise ValueError("batch_size, workers, min_side and max_pixels must be positive")
 
 
-def decode_file(item: SourceFile, sidecar: str | None, blobs: BlobStore, options: IngestOptions) -> IngestedFile:
-    """Read, verify and hash one file; its original bytes go to the blob store unchanged."""
+def decode_file(item: SourceFile, sidecar: str | None, blobs: BlobStore, options: IngestOptions,
+                known: frozenset[str] = frozenset()) -> IngestedFile:
+    """Read, verify and hash one file; its original bytes go to the blob store unchanged.
+
+    Bytes already in the dataset (`known` hashes) are not decoded again: a re-ingest only hashes.
+    """
     try:
         data = item.read()
+        if (sha := sha256_bytes(data)) in known:
+            return IngestedFile(path=item.path, sha256=sha, known=True)
         loaded = open_image(data, max_pixels=options.max_pixels, min_side=options.min_side, animated=options.animated)
     except RejectedImage as error:
         return IngestedFile(path=item.path, rejected=str(error))
     except OSError as error:
         return IngestedFile(path=item.path, rejected=f"unreadable file: {error}")
-    sha = sha256_bytes(data)
     blobs.put(data, loaded.ext)
     return IngestedFile(path=item.path, sha256=sha, phash=loaded.phash, width=loaded.width, height=loaded.height,
                         format=loaded.format, ext=loaded.ext, byte_size=len(data), mode=loaded.mode,
                         orientation=loaded.orientation, sidecar=sidecar)
 
 
-def decode_files(batch: list[tuple[SourceFile, str | None]], blobs: BlobStore, options: IngestOptions) -> list[IngestedFile]:
+def decode_files(batch: list[tuple[SourceFile, str | None]], blobs: BlobStore, options: IngestOptions,
+                 known: frozenset[str] = frozenset()) -> list[IngestedFile]:
     with ThreadPoolExecutor(options.workers) as pool:
-        return list(pool.map(lambda pair: decode_file(pair[0], pair[1], blobs, options), batch))
+        return list(pool.map(lambda pair: decode_file(pair[0], pair[1], blobs, options, known), batch))
 
 
 decode_batch = task(decode_files, name="decode-batch", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -74,6 +80,7 @@ def run_ingest(
     scan = scan_sources([Path(s) for s in sources], options.max_file_bytes)
     with store.session() as session:
         dataset_id = get_or_create_dataset(session, dataset, **(dataset_settings or {})).id
+        known = dataset_image_hashes(session, dataset_id)
     report = {"dataset": dataset, "scanned": len(scan.files), "added": 0, "unchanged": 0, "exact_duplicates": 0,
               "near_duplicates": [], "exact_duplicate_pairs": [], "rejected": [],
               "ignored": scan.ignored}
@@ -84,7 +91,7 @@ def run_ingest(
         report["rejected"] += outcome.rejected
     for start in range(0, len(scan.files), options.batch_size):
         chunk = scan.files[start:start + options.batch_size]
-        decoded = decode([(f, scan.sidecar_for(f)) for f in chunk], store.blobs, options)
+        decoded = decode([(f, scan.sidecar_for(f)) for f in chunk], store.blobs, options, known)
         with store.session() as session:
             outcome = record_batch(session, dataset_id, decoded, options.near_threshold)
         report["added"] += len(outcome.added)

@@ -31,6 +31,13 @@ class IngestedFile:
     orientation: int = 1
     sidecar: str | None = None
     rejected: str | None = None
+    known: bool = False  # bytes already in this dataset: not decoded again, only sha256 is set
+
+
+def dataset_image_hashes(session: Session, dataset_id: int) -> frozenset[str]:
+    """sha256 of every original already in the dataset (any status)."""
+    return frozenset(session.scalars(select(Image.sha256).join(Member, Member.image_id == Image.id)
+                                     .where(Member.dataset_id == dataset_id)))
 
 
 @dataclass
@@ -101,10 +108,11 @@ def record_batch(session: Session, dataset_id: int, files: list[IngestedFile], n
                                       {"dataset_id": dataset_id, "source_path": item.path, "reason": item.rejected,
                                        "created_at": utcnow()}, ["dataset_id", "source_path"])
             continue
-        insert_ignoring_conflicts(session, Image, {
-            "sha256": item.sha256, "phash": item.phash, "width": item.width, "height": item.height,
-            "format": item.format, "ext": item.ext, "byte_size": item.byte_size, "mode": item.mode,
-            "exif_orientation": item.orientation, "created_at": utcnow()}, ["sha256"])
+        if not item.known:
+            insert_ignoring_conflicts(session, Image, {
+                "sha256": item.sha256, "phash": item.phash, "width": item.width, "height": item.height,
+                "format": item.format, "ext": item.ext, "byte_size": item.byte_size, "mode": item.mode,
+                "exif_orientation": item.orientation, "created_at": utcnow()}, ["sha256"])
         image_id = session.scalar(select(Image.id).where(Image.sha256 == item.sha256))
         existing = session.scalar(select(Member).where(Member.dataset_id == dataset_id, Member.image_id == image_id))
         if existing is not None:
