@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -81,6 +82,9 @@ class Member(Base):
     current_artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
     caption: Mapped[str | None] = mapped_column(Text)
     caption_source: Mapped[str | None] = mapped_column(String(100))
+    # prepare flow: step id → id of the step_results row last applied to this member (so a
+    # re-run applies only what changed, and never re-adds a tag a curator removed since)
+    prepared: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     reviewed_by: Mapped[str | None] = mapped_column(String(100))
     revision: Mapped[int] = mapped_column(Integer, default=1)
