@@ -32,7 +32,7 @@ TAGS: list[tuple[str, int, float, tuple[float, float, float]]] = [
     ("outdoors", 0, 0.27, (0, 0, 0)),
     ("star_(symbol)", 0, 0.73, (0, 0, 0)),
     ("^_^", 0, 0.50, (0, 0, 0)),
-    ("night_sky", 0, 0.95, (-4.0, -4.0, -4.0)),  # 0.95 on black, ~0.005 on white
+    ("night_sky", 0, 0.95, (-2.0, -2.0, -2.0)),  # 0.95 on black, 0.04 on white
     ("blue_theme", 0, 0.50, (8.0, 0.0, -8.0)),  # blue minus red
     ("hatsune_miku", 4, 0.82, (0, 0, 0)),
     ("kaname_madoka", 4, 0.92, (0, 0, 0)),
