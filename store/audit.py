@@ -84,7 +84,9 @@ def members_json(snaps: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _restore(session: Session, member_id: int, snap: dict[str, Any], user: str) -> None:
-    values: dict[str, Any] = {"revision": Member.revision + 1}
+    # the state is exactly the one at the earlier revision again, so the revision goes back too
+    # (that lets a user undo several of their changes in a row)
+    values: dict[str, Any] = {"revision": snap["revision"]}
     for name, value in snap.get("fields", {}).items():
         if name == "reviewed_at" and isinstance(value, str):
             value = datetime.fromisoformat(value)

@@ -1,0 +1,272 @@
+"""Every curator write: tags, captions, exclusions, bulk edits, tag rules — audited and concurrency-safe.
+
+Single-image edits carry the revision they were made on; the member's revision is bumped with a
+compare-and-set UPDATE, so a stale edit raises `Conflict` (carrying the current state) and writes
+nothing. Bulk edits act on whatever the selection or filter matches now and bump every changed
+member's revision, so a single edit made on an older page also gets a Conflict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from store.audit import Conflict, chunks, members_json, now, record, snapshot
+from store.models import Member, Tag, TagRule
+from store.queries import NotFound, member_state
+
+BULK_OPS = ("add", "remove", "rename", "accept", "reject")
+REVIEW_FIELDS = ("reviewed_at", "reviewed_by")
+
+__all__ = ["Conflict", "CurationError", "add_tag", "set_tag_status", "remove_tag", "edit_caption",
+           "set_excluded", "mark_reviewed", "bulk_edit", "rename_tag", "blacklist_tag", "BULK_OPS"]
+
+
+class CurationError(ValueError):
+    """An edit that makes no sense (empty tag, unknown operation); the message names the field."""
+
+
+def clean_tag(text: str | None, field: str = "tag") -> str:
+    text = (text or "").strip()
+    if not text:
+        raise CurationError(f"{field}: empty")
+    if len(text) > 200:
+        raise CurationError(f"{field}: longer than 200 characters")
+    return text
+
+
+def _claim(session: Session, member_id: int, revision: int, user: str) -> None:
+    """Compare-and-set the member's revision; mark it reviewed by `user`."""
+    result = session.execute(
+        update(Member).where(Member.id == member_id, Member.revision == revision)
+        .values(revision=Member.revision + 1, reviewed_at=now(), reviewed_by=user)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        raise Conflict(member_id, member_state(session, member_id))
+
+
+def _edit(session: Session, member_id: int, revision: int, user: str, action: str,
+          fields: tuple[str, ...], texts: list[str], change: Callable[[Member], None]) -> dict[str, Any]:
+    member = session.get(Member, member_id)
+    if member is None:
+        raise NotFound(f"member {member_id} not found")
+    all_fields = (*fields, *REVIEW_FIELDS)
+    before = snapshot(session, [member_id], all_fields, texts)
+    _claim(session, member_id, revision, user)
+    session.refresh(member)
+    change(member)
+    session.flush()
+    after = snapshot(session, [member_id], all_fields, texts)
+    record(session, user, action, member.dataset_id, f"member:{member_id}",
+           members_json(before), members_json(after))
+    return member_state(session, member_id)
+
+
+def _tag(session: Session, member_id: int, text: str) -> Tag | None:
+    return session.scalar(select(Tag).where(Tag.member_id == member_id, Tag.text == text))
+
+
+def add_tag(session: Session, member_id: int, text: str, revision: int, user: str) -> dict[str, Any]:
+    """Add an accepted human tag (or accept the tag if the member already has it)."""
+    text = clean_tag(text)
+
+    def change(member: Member) -> None:
+        tag = _tag(session, member_id, text)
+        if tag is None:
+            position = session.scalar(select(func.max(Tag.position)).where(Tag.member_id == member_id))
+            session.add(Tag(member_id=member_id, text=text, source=f"human:{user}", status="accepted",
+                            position=(position or 0) + 1, updated_by=user, updated_at=now()))
+        else:
+            tag.status, tag.updated_by, tag.updated_at = "accepted", user, now()
+
+    return _edit(session, member_id, revision, user, "tag_add", (), [text], change)
+
+
+def set_tag_status(session: Session, member_id: int, text: str, status: str, revision: int,
+                   user: str) -> dict[str, Any]:
+    """Accept or reject (or return to suggested) one tag of one member."""
+    if status not in ("accepted", "rejected", "suggested"):
+        raise CurationError(f"status: expected accepted, rejected or suggested, got {status!r}")
+    if _tag(session, member_id, text) is None:
+        raise NotFound(f"member {member_id} has no tag {text!r}")
+
+    def change(member: Member) -> None:
+        tag = _tag(session, member_id, text)
+        if tag is None:  # removed by someone who committed between our check and our claim
+            raise Conflict(member_id, member_state(session, member_id))
+        tag.status, tag.updated_by, tag.updated_at = status, user, now()
+
+    action = {"accepted": "tag_accept", "rejected": "tag_reject", "suggested": "tag_accept"}[status]
+    return _edit(session, member_id, revision, user, action, (), [text], change)
+
+
+def remove_tag(session: Session, member_id: int, text: str, revision: int, user: str) -> dict[str, Any]:
+    if _tag(session, member_id, text) is None:
+        raise NotFound(f"member {member_id} has no tag {text!r}")
+
+    def change(member: Member) -> None:
+        session.execute(delete(Tag).where(Tag.member_id == member_id, Tag.text == text)
+                        .execution_options(synchronize_session=False))
+
+    return _edit(session, member_id, revision, user, "tag_remove", (), [text], change)
+
+
+def edit_caption(session: Session, member_id: int, caption: str, revision: int, user: str) -> dict[str, Any]:
+    caption = (caption or "").strip()
+
+    def change(member: Member) -> None:
+        member.caption, member.caption_source = caption, f"human:{user}"
+
+    return _edit(session, member_id, revision, user, "caption_edit", ("caption", "caption_source"), [], change)
+
+
+def set_excluded(session: Session, member_id: int, excluded: bool, reason: str | None, revision: int,
+                 user: str) -> dict[str, Any]:
+    """Exclude an image from the dataset (with a reason) or include it again."""
+    reason = (reason or "").strip() or f"excluded by {user}"
+
+    def change(member: Member) -> None:
+        member.status = "excluded" if excluded else "active"
+        member.excluded_reason = reason if excluded else None
+
+    return _edit(session, member_id, revision, user, "exclude" if excluded else "include",
+                 ("status", "excluded_reason"), [], change)
+
+
+def mark_reviewed(session: Session, member_id: int, revision: int, user: str) -> dict[str, Any]:
+    return _edit(session, member_id, revision, user, "review", (), [], lambda member: None)
+
+
+def _having(session: Session, ids: list[int], text: str, status_not: str | None = None) -> set[int]:
+    found: set[int] = set()
+    for part in chunks(ids):
+        query = select(Tag.member_id).where(Tag.member_id.in_(part), Tag.text == text)
+        if status_not:
+            query = query.where(Tag.status != status_not)
+        found.update(session.scalars(query))
+    return found
+
+
+def bulk_targets(session: Session, ids: list[int], op: str, text: str, new: str | None = None) -> list[int]:
+    """The members among `ids` that the operation would actually change."""
+    if op == "add":
+        already = _having(session, ids, text)
+        accepted = already - _having(session, ids, text, status_not="accepted")
+        return [i for i in ids if i not in accepted]
+    if op in ("remove", "rename"):
+        having = _having(session, ids, text)
+    elif op in ("accept", "reject"):
+        having = _having(session, ids, text, status_not=op + "ed")
+    else:
+        raise CurationError(f"op: expected one of {', '.join(BULK_OPS)}, got {op!r}")
+    return [i for i in ids if i in having]
+
+
+def _apply(session: Session, targets: list[int], op: str, text: str, new: str | None, user: str) -> None:
+    stamp = {"updated_by": user, "updated_at": now()}
+    for part in chunks(targets):
+        tags = update(Tag).where(Tag.member_id.in_(part), Tag.text == text).execution_options(
+            synchronize_session=False)
+        if op in ("accept", "reject"):
+            session.execute(tags.values(status=op + "ed", **stamp))
+        elif op == "remove":
+            session.execute(delete(Tag).where(Tag.member_id.in_(part), Tag.text == text)
+                            .execution_options(synchronize_session=False))
+        elif op == "add":
+            session.execute(tags.values(status="accepted", **stamp))
+            have = set(session.scalars(select(Tag.member_id).where(Tag.member_id.in_(part), Tag.text == text)))
+            top = dict(session.execute(select(Tag.member_id, func.max(Tag.position))
+                                       .where(Tag.member_id.in_(part)).group_by(Tag.member_id)).all())
+            rows = [{"member_id": m, "text": text, "source": f"human:{user}", "status": "accepted",
+                     "category": "general", "position": (top.get(m) or 0) + 1, **stamp}
+                    for m in part if m not in have]
+            if rows:
+                session.execute(insert(Tag), rows)
+        elif op == "rename":
+            # members that already have the new tag: merge (keep it, accept it if the old one was)
+            both = set(session.scalars(select(Tag.member_id).where(Tag.member_id.in_(part), Tag.text == new)))
+            if both:
+                accepted = set(session.scalars(select(Tag.member_id).where(
+                    Tag.member_id.in_(both), Tag.text == text, Tag.status == "accepted")))
+                if accepted:
+                    session.execute(update(Tag).where(Tag.member_id.in_(accepted), Tag.text == new)
+                                    .values(status="accepted", **stamp)
+                                    .execution_options(synchronize_session=False))
+                session.execute(delete(Tag).where(Tag.member_id.in_(both), Tag.text == text)
+                                .execution_options(synchronize_session=False))
+            session.execute(tags.values(text=new, **stamp))
+        session.execute(update(Member).where(Member.id.in_(part)).values(revision=Member.revision + 1)
+                        .execution_options(synchronize_session=False))
+
+
+def bulk_edit(session: Session, dataset_id: int, ids: list[int], op: str, text: str, new: str | None,
+              user: str, *, dry_run: bool = False, action: str | None = None,
+              rule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply one tag operation to the members `ids` of a dataset; `dry_run` only counts.
+
+    Returns {"matched": how many were asked, "changed": how many change, "audit_id"}.
+    """
+    text = clean_tag(text)
+    if op == "rename":
+        new = clean_tag(new, "new tag")
+        if new == text:
+            raise CurationError("new tag: same as the tag")
+    ids = sorted(set(ids))
+    inside = set()
+    for part in chunks(ids):
+        inside.update(session.scalars(select(Member.id).where(Member.id.in_(part),
+                                                              Member.dataset_id == dataset_id)))
+    if len(inside) != len(ids):
+        missing = sorted(set(ids) - inside)[:5]
+        raise NotFound(f"members not in this dataset: {missing}")
+    targets = bulk_targets(session, ids, op, text, new)
+    result: dict[str, Any] = {"matched": len(ids), "changed": len(targets), "op": op, "tag": text, "new": new}
+    if dry_run:
+        return result
+    texts = [text, new] if new else [text]
+    before = members_json(snapshot(session, targets, (), texts))
+    _apply(session, targets, op, text, new, user)
+    after = members_json(snapshot(session, targets, (), texts))
+    if rule:
+        existing = session.scalar(select(TagRule).where(TagRule.dataset_id == dataset_id,
+                                                        TagRule.kind == rule["kind"], TagRule.text == text))
+        if existing is None:
+            session.add(TagRule(dataset_id=dataset_id, kind=rule["kind"], text=text,
+                                replacement=rule.get("replacement"), created_by=user))
+            after["rule"] = {"dataset_id": dataset_id, "kind": rule["kind"], "text": text,
+                             "replacement": rule.get("replacement")}
+        else:
+            before["rule"] = {"kind": existing.kind, "replacement": existing.replacement}
+            existing.replacement = rule.get("replacement")
+    target = f"tag:{text}" if rule else f"bulk:{len(targets)} members"
+    entry = record(session, user, action or f"bulk_{op}", dataset_id, target, before, after)
+    result["audit_id"] = entry.id
+    return result
+
+
+def _dataset_members_with(session: Session, dataset_id: int, text: str) -> list[int]:
+    return list(session.scalars(select(Tag.member_id).join(Member, Member.id == Tag.member_id)
+                                .where(Member.dataset_id == dataset_id, Tag.text == text)))
+
+
+def rename_tag(session: Session, dataset_id: int, old: str, new: str, user: str, *,
+               merge: bool = False, dry_run: bool = False) -> dict[str, Any]:
+    """Rename a tag everywhere in the dataset (merging into `new` where it exists) and record the rule."""
+    old, new = clean_tag(old), clean_tag(new, "new tag")
+    if merge and not _dataset_members_with(session, dataset_id, new):
+        raise NotFound(f"cannot merge into {new!r}: no image of this dataset has that tag")
+    ids = _dataset_members_with(session, dataset_id, old)
+    return bulk_edit(session, dataset_id, ids, "rename", old, new, user, dry_run=dry_run,
+                     action="tag_merge" if merge else "tag_rename",
+                     rule={"kind": "rename", "replacement": new})
+
+
+def blacklist_tag(session: Session, dataset_id: int, text: str, user: str, *,
+                  dry_run: bool = False) -> dict[str, Any]:
+    """Blacklist a tag: later model runs drop it, and every current copy is rejected."""
+    text = clean_tag(text)
+    ids = _dataset_members_with(session, dataset_id, text)
+    return bulk_edit(session, dataset_id, ids, "reject", text, None, user, dry_run=dry_run,
+                     action="tag_blacklist", rule={"kind": "blacklist"})
