@@ -1,7 +1,105 @@
-"""Commands of this stage (to be filled)."""
+"""Training commands: train (LoRA / DreamBooth on a dataset version) and merge (checkpoints, LoRA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from flows.cli_common import console, emit, fail, parse_sets
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train)
+    app.command("merge")(merge)
+
+
+def train(
+    ref: str = typer.Argument(..., help="dataset version to train on: NAME@N (NAME alone: the newest version)"),
+    config: Path = typer.Option(..., "--config", "-c", help="preset, e.g. configs/train/lora-sd15.yaml"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="override a config field: key=value (repeatable)"),
+    stop_at_step: Optional[int] = typer.Option(None, help="stop after this step's checkpoint (to resume later)"),
+    no_flow: bool = typer.Option(False, "--no-flow", help="run without Prefect (plain function)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+) -> None:
+    """Train LoRA / DreamBooth on a dataset version in a subprocess and record the training run."""
+    from flows.train import TrainingFailed, run_train, train_flow
+    from store.datasets import parse_version_ref
+    from store.db import open_store
+    from store.models import TrainingRun
+    from store.registry import ModelMissing
+    from training.config import ConfigError
+
+    try:
+        dataset, version = parse_version_ref(ref)
+    except ValueError as error:
+        fail(str(error))
+    overrides = parse_sets(sets)
+    try:
+        store = open_store()
+        if no_flow or stop_at_step:
+            run_id = run_train(store, dataset, version, config, overrides, log=lambda line: console.print(line, highlight=False),
+                               stop_at_step=stop_at_step)
+        else:
+            run_id = train_flow(dataset, version, str(config), overrides)
+    except TrainingFailed as error:
+        emit({"run_id": error.run_id, "status": "failed", "error": error.reason}, as_json)
+        fail(str(error))
+    except (ConfigError, ModelMissing, LookupError, ValueError) as error:
+        fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    with store.session() as session:
+        row = session.get(TrainingRun, run_id)
+        result = {"run_id": row.id, "status": row.status, "method": row.method, "base_model": row.base_model,
+                  "base_model_hash": row.base_model_hash, "output_dir": row.output_dir, "metrics": row.metrics,
+                  "outputs": row.outputs, "error": row.error}
+    emit(result, as_json)
+    if not as_json:
+        console.print(f"run {run_id}: {result['status']} — outputs in {result['output_dir']}")
+
+
+def merge(
+    model_a: Path = typer.Argument(..., help="first checkpoint (.safetensors or .ckpt); text encoder and VAE come from it"),
+    model_b: Optional[Path] = typer.Argument(None, help="second checkpoint (block-weighted merge)"),
+    input_blocks: Optional[str] = typer.Option(None, "--input_blocks", "--input-blocks", help='"0:0.5, 1:0.5, ..."'),
+    middle_blocks: Optional[str] = typer.Option(None, "--middle_blocks", "--middle-blocks", help='"0:0.5, 1:0.5, 2:0.6"'),
+    output_blocks: Optional[str] = typer.Option(None, "--output_blocks", "--output-blocks", help='"0:0.5, ..., 11:0.5"'),
+    out: Optional[str] = typer.Option(None, "--out", help='UNet output layers, e.g. "0:0.5, 2:0.3"'),
+    time_embed: Optional[str] = typer.Option(None, "--time_embed", "--time-embed", help='"0:0.5, 2:0.3"'),
+    base_alpha: float = typer.Option(0.0, "--base_alpha", "--base-alpha", help="weight of model B for UNet keys not named"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="merge this kohya-layout LoRA into the result"),
+    strength: float = typer.Option(1.0, "--strength", help="LoRA strength: W += strength · up·down · alpha/rank"),
+    dump_path: Path = typer.Option(..., "--dump_path", "--dump-path", help="output file (.safetensors or .ckpt)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout: which keys took which weight"),
+) -> None:
+    """Block-weighted merge of two SD checkpoints (weight = model B's share), and/or a LoRA merged in."""
+    from store.registry import UnsafeWeights
+    from training.merge import (MergeError, load_checkpoint_file, merge_block_weighted, merge_lora,
+                                parse_block_weights, save_checkpoint_file)
+
+    if model_b is None and lora is None:
+        fail("give a second checkpoint to merge, or --lora FILE to merge a LoRA into the first")
+    try:
+        state = load_checkpoint_file(model_a)
+        summary: dict = {"model_a": str(model_a)}
+        if model_b is not None:
+            weights = {group: parse_block_weights(text, group) for group, text in
+                       (("input_blocks", input_blocks), ("middle_block", middle_blocks), ("output_blocks", output_blocks),
+                        ("out", out), ("time_embed", time_embed)) if text}
+            state, summary["block_merge"] = merge_block_weighted(state, load_checkpoint_file(model_b), weights, base_alpha)
+            summary["model_b"] = str(model_b)
+        if lora is not None:
+            state, summary["lora_merge"] = merge_lora(state, load_checkpoint_file(lora), strength)
+            summary["lora"] = str(lora)
+        save_checkpoint_file(state, dump_path)
+    except (MergeError, UnsafeWeights, OSError) as error:
+        fail(str(error))
+    summary["dump_path"] = str(dump_path)
+    emit(summary, as_json)
+    if not as_json:
+        if "block_merge" in summary:
+            for block, entry in summary["block_merge"]["blocks"].items():
+                console.print(f"{block}: weight {entry['weight']} on {entry['keys']} keys")
+            console.print(f"other UNet keys: weight {base_alpha} ({summary['block_merge']['base_alpha_keys']} keys); "
+                          f"{summary['block_merge']['from_first']} keys from the first model")
+        console.print(f"wrote {dump_path}")

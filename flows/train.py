@@ -1,0 +1,141 @@
+"""Train flow: export a dataset version, train in a subprocess, record a TrainingRun.
+
+Reads like the pipeline's table of contents:
+  validate config → resolve base model → record run (queued) → export version (kohya layout)
+  → train in a subprocess (running; progress streamed) → record outputs + metrics (succeeded|failed)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import flow
+
+from store.db import Store, open_store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class TrainingFailed(RuntimeError):
+    def __init__(self, run_id: int, reason: str):
+        super().__init__(f"training run {run_id} failed: {reason}")
+        self.run_id, self.reason = run_id, reason
+
+
+def launcher() -> list[str]:
+    """The command that starts a training process: `python -m training.run`, or $ATELIER_TRAIN_LAUNCHER
+    (e.g. `accelerate launch --num_processes 1 -m training.run`)."""
+    custom = os.environ.get("ATELIER_TRAIN_LAUNCHER")
+    return shlex.split(custom) if custom else [sys.executable, "-m", "training.run"]
+
+
+def stream_process(command: list[str], log: Callable[[str], None], env: dict | None = None) -> tuple[int, list[str]]:
+    """Run `command`, passing each output line to `log` as it comes; returns (exit code, last lines)."""
+    tail: deque[str] = deque(maxlen=40)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                               cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip()
+        tail.append(line)
+        if line and not line.startswith((" ", "Traceback")) and "Warning" not in line:
+            log(line)
+    return process.wait(), list(tail)
+
+
+def failure_reason(code: int, tail: list[str]) -> str:
+    for line in reversed(tail):
+        if line.startswith("training failed:"):
+            return line.removeprefix("training failed: ")
+    if code < 0 or code in (137, -9):
+        return f"the training process was killed (signal {-code if code < 0 else 9}; out of memory?)"
+    return f"the training process exited with code {code}: {tail[-1] if tail else 'no output'}"
+
+
+def run_train(store: Store, dataset: str, version: int | None, config: dict | str | Path,
+              overrides: dict[str, Any] | None = None, *, log: Callable[[str], None] = print,
+              stop_at_step: int | None = None, flow_run_id: str | None = None, raise_on_failure: bool = True) -> int:
+    """Plain-Python train (no Prefect): returns the TrainingRun id; its status says how it went."""
+    from store.datasets import get_dataset
+    from store.models import TrainingRun
+    from store.versions import export_version, get_version
+    from training.config import load_config
+    from training.models import resolve_base_model
+
+    cfg = load_config(config, overrides)  # a bad config fails before anything is recorded
+    base = resolve_base_model(cfg.base_model)  # ModelMissing names the file to put where
+    with store.session() as session:
+        ds = get_dataset(session, dataset)
+        ver = get_version(session, dataset, version)
+        # the dataset's identifier and class word are the defaults for DreamBooth prompts
+        cfg = cfg.model_copy(update={"identifier": cfg.identifier or ds.identifier,
+                                     "class_word": cfg.class_word or ds.class_word})
+        run = TrainingRun(dataset_id=ds.id, version_id=ver.id, method=cfg.method, config=cfg.model_dump(mode="json"),
+                          base_model=cfg.base_model, base_model_hash=base.sha256, status="queued",
+                          flow_run_id=flow_run_id)
+        session.add(run)
+        session.flush()
+        run_id, number = run.id, ver.number
+        output_dir = store.settings.home / "runs" / f"{run_id:05d}-{dataset}-v{number}-{cfg.method}"
+        run.output_dir = str(output_dir)
+    log(f"training run {run_id}: {cfg.method} on {dataset}@{number}, base {cfg.base_model} ({base.short_hash})")
+
+    def finish(**fields) -> None:
+        with store.session() as session:
+            row = session.get(TrainingRun, run_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.finished_at = datetime.now(timezone.utc)
+
+    try:
+        export = export_version(store, dataset, number, "kohya", output_dir / "data", force=True)
+        job = {"config": cfg.model_dump(mode="json"), "data_dir": str(output_dir / "data"),
+               "output_dir": str(output_dir), "dataset": {"name": dataset, "version": number,
+                                                         "manifest_sha256": export["manifest_sha256"]},
+               "cache_dir": str(store.settings.cache_dir), "stop_at_step": stop_at_step}
+        (output_dir / "job.json").write_text(json.dumps(job, indent=2))
+        with store.session() as session:
+            session.get(TrainingRun, run_id).status = "running"
+        code, tail = stream_process([*launcher(), str(output_dir / "job.json")], log)
+    except Exception as error:
+        code, tail = 1, [f"training failed: {type(error).__name__}: {error}"]
+    result_file = output_dir / "result.json"
+    if code == 0 and result_file.exists():
+        result = json.loads(result_file.read_text())
+        finish(status="succeeded", metrics=result["metrics"], outputs=result["outputs"], error=None)
+        log(f"training run {run_id} succeeded: final loss {result['metrics']['final_loss']:.4f}, "
+            f"{result['metrics']['seconds_per_step']:.3f} s/step")
+        return run_id
+    if code == 0 and stop_at_step:
+        finish(status="failed", error=f"stopped at step {stop_at_step} as asked (resume by running again)")
+        return run_id
+    reason = failure_reason(code, tail)
+    finish(status="failed", error=reason)
+    log(f"training run {run_id} failed: {reason}")
+    if raise_on_failure:
+        raise TrainingFailed(run_id, reason)
+    return run_id
+
+
+@flow(name="train", log_prints=False)
+def train_flow(dataset: str, version: int | None, config: dict | str, overrides: dict | None = None,
+               raise_on_failure: bool = True) -> int:
+    """Prefect flow: train on DATASET@VERSION with a preset (path or dict); returns the TrainingRun id.
+
+    Failures are recorded on the run (status failed, error text); with raise_on_failure the flow
+    run fails too (TrainingFailed carries run_id).
+    """
+    from prefect import get_run_logger
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    return run_train(open_store(), dataset, version, config, overrides, log=logger.info,
+                     flow_run_id=str(flow_run.id) if flow_run.id else None, raise_on_failure=raise_on_failure)

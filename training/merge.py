@@ -1,0 +1,192 @@
+"""Checkpoint merging: block-weighted merge of two SD checkpoints, and a LoRA merged into a checkpoint.
+
+Block-weighted (as the widely shared `merge_unet_blocks.py`, without its substring bug): each weight
+is the second model's share, `A·(1−w) + B·w`, for UNet keys under `model.diffusion_model.` in
+`input_blocks.N.`, `middle_block.N.`, `output_blocks.N.`, `out.N.`, `time_embed.N.`. A number names
+exactly one block (matched on the whole path segment). Other UNet keys take `base_alpha`; keys
+outside the UNet (text encoder, VAE) come from the first model; keys only in the second are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.ldm_keys import UNET_PREFIX
+
+BLOCK_GROUPS = ("input_blocks", "middle_block", "output_blocks", "out", "time_embed")
+_BLOCK = re.compile(rf"^{re.escape(UNET_PREFIX)}({'|'.join(BLOCK_GROUPS)})\.(\d+)\.")
+
+
+class MergeError(ValueError):
+    """The inputs cannot be merged; the message says which key or option and why."""
+
+
+def parse_block_weights(text: str | None, option: str) -> dict[int, float]:
+    """`"0:0.5, 1:0.25"` → {0: 0.5, 1: 0.25}; an unreadable entry fails naming the option."""
+    weights: dict[int, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*([-+0-9.eE]+)\s*", part)
+        if not match:
+            raise MergeError(f"--{option}: {part.strip()!r} is not BLOCK:WEIGHT (e.g. \"0:0.5, 1:0.3\")")
+        weights[int(match[1])] = float(match[2])
+    return weights
+
+
+def block_of(key: str) -> tuple[str, int] | None:
+    """("input_blocks", 1) for `model.diffusion_model.input_blocks.1.…`; None outside the named blocks."""
+    match = _BLOCK.match(key)
+    return (match[1], int(match[2])) if match else None
+
+
+def load_checkpoint_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or a .ckpt/.pt (torch.load with weights_only=True; `state_dict` unwrapped)."""
+    from store.registry import load_state_dict
+
+    path = Path(path)
+    if not path.exists():
+        raise MergeError(f"{path}: no such file")
+    state = load_state_dict(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def save_checkpoint_file(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Format from the file name: .safetensors, or .ckpt/.pt (a {"state_dict": ...} pickle of tensors only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.contiguous() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp), metadata=metadata)
+    elif path.suffix in (".ckpt", ".pt", ".pth"):
+        torch.save({"state_dict": state}, tmp)
+    else:
+        raise MergeError(f"{path}: unknown checkpoint format (use .safetensors or .ckpt)")
+    tmp.replace(path)
+
+
+def merge_block_weighted(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                         weights: dict[str, dict[int, float]], base_alpha: float = 0.0
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Merge B into A per block; returns (merged state, summary of which keys took which weight)."""
+    unet_a = sorted(k for k in a if k.startswith(UNET_PREFIX))
+    if not unet_a:
+        raise MergeError(f"the first checkpoint has no UNet keys ({UNET_PREFIX}*): is it an SD checkpoint?")
+    present: dict[str, set[int]] = defaultdict(set)
+    for key in unet_a:
+        if block := block_of(key):
+            present[block[0]].add(block[1])
+    for group, named in weights.items():
+        if group not in BLOCK_GROUPS:
+            raise MergeError(f"unknown block group {group!r} (use {', '.join(BLOCK_GROUPS)})")
+        if missing := sorted(set(named) - present[group]):
+            have = sorted(present[group])
+            raise MergeError(f"--{group}: block {missing[0]} does not exist; this UNet's {group} are "
+                             f"{have[0]}–{have[-1]}" if have else f"--{group}: this UNet has no {group}")
+    only_a = [k for k in unet_a if k not in b]
+    mismatched = [k for k in unet_a if k in b and b[k].shape != a[k].shape]
+    if only_a or mismatched:
+        detail = (f"{len(only_a)} UNet keys missing in the second (e.g. {only_a[0]})" if only_a else
+                  f"{len(mismatched)} UNet keys differ in shape (e.g. {mismatched[0]}: "
+                  f"{tuple(a[mismatched[0]].shape)} vs {tuple(b[mismatched[0]].shape)})")
+        raise MergeError(f"the two checkpoints' UNets do not match: {detail} — different model families?")
+
+    merged: dict[str, torch.Tensor] = {}
+    blocks: dict[str, dict[str, Any]] = {}
+    counts = {"base_alpha_keys": 0, "from_first": 0, "dropped_from_second": 0}
+    for key, value in a.items():
+        if not key.startswith(UNET_PREFIX):
+            merged[key] = value
+            counts["from_first"] += 1
+            continue
+        block = block_of(key)
+        if block and block[1] in weights.get(block[0], {}):
+            w = weights[block[0]][block[1]]
+            entry = blocks.setdefault(f"{block[0]}.{block[1]}", {"weight": w, "keys": 0})
+            entry["keys"] += 1
+        else:
+            w = base_alpha
+            counts["base_alpha_keys"] += 1
+        if value.is_floating_point():
+            merged[key] = (value.float() * (1 - w) + b[key].float() * w).to(value.dtype)
+        else:
+            merged[key] = value  # integer buffers (e.g. position ids) are not interpolated
+    counts["dropped_from_second"] = sum(1 for k in b if k not in a)
+    summary = {"blocks": dict(sorted(blocks.items())), "base_alpha": base_alpha, **counts, "keys": len(merged)}
+    return merged, summary
+
+
+def _ldm_to_diffusers_unet(keys: list[str]) -> dict[str, str]:
+    """{diffusers UNet key → LDM key}, through diffusers' own LDM converter (the UNet layout read from the keys)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    unet_keys = [k for k in keys if k.startswith(UNET_PREFIX)]
+    levels = 1 + len({m[1] for k in unet_keys if (m := re.search(r"input_blocks\.(\d+)\.0\.op\.", k))})
+    outputs = len({int(m[1]) for k in unet_keys if (m := re.search(r"output_blocks\.(\d+)\.", k))})
+    config = {"layers_per_block": outputs // levels - 1}
+    if any(".label_emb." in k for k in unet_keys):
+        config["addition_embed_type"] = "text_time"
+    probe = {k: torch.tensor(i) for i, k in enumerate(unet_keys)}
+    converted = convert_ldm_unet_checkpoint(probe, config)
+    return {d: unet_keys[int(t)] for d, t in converted.items()}
+
+
+def kohya_targets(keys: list[str]) -> dict[str, str]:
+    """{kohya LoRA module name (`lora_unet_…`, `lora_te_…`/`lora_te1_…`) → LDM weight key} for a checkpoint."""
+    targets = {}
+    for diffusers_key, ldm_key in _ldm_to_diffusers_unet(keys).items():
+        if diffusers_key.endswith(".weight"):
+            targets["lora_unet_" + diffusers_key[: -len(".weight")].replace(".", "_")] = ldm_key
+    for prefix, name in (("cond_stage_model.transformer.", "lora_te_"), ("conditioner.embedders.0.transformer.", "lora_te1_")):
+        for key in keys:
+            if key.startswith(prefix) and key.endswith(".weight"):
+                module = key[len(prefix): -len(".weight")]
+                if not module.startswith("text_model."):
+                    module = "text_model." + module
+                targets[name + module.replace(".", "_")] = key
+                if name == "lora_te_":
+                    targets["lora_te1_" + module.replace(".", "_")] = key  # diffusers-style name for SD 1.x
+    return targets
+
+
+def lora_delta(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """up·down for linear and 1×1 conv layers; 3×3 convs through a conv2d of down by up (as kohya)."""
+    down, up = down.float(), up.float()
+    if down.ndim == 2:
+        return up @ down
+    if down.shape[2:] == (1, 1):
+        return (up.squeeze(3).squeeze(2) @ down.squeeze(3).squeeze(2))[:, :, None, None]
+    return torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+
+
+def merge_lora(checkpoint: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], strength: float = 1.0
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """W += strength · up·down · alpha/rank for each LoRA module (kohya layout); returns (state, summary)."""
+    targets = kohya_targets(list(checkpoint))
+    modules = sorted({k.split(".")[0] for k in lora if k.endswith(".lora_down.weight")})
+    if not modules:
+        raise MergeError("the LoRA file has no `*.lora_down.weight` keys: not a kohya-layout LoRA")
+    merged = dict(checkpoint)
+    unmatched = [m for m in modules if m not in targets]
+    if unmatched:
+        raise MergeError(f"{len(unmatched)} of {len(modules)} LoRA modules have no layer in the checkpoint "
+                         f"(e.g. {unmatched[0]}): was the LoRA trained on another model family?")
+    for module in modules:
+        down, up = lora[f"{module}.lora_down.weight"], lora[f"{module}.lora_up.weight"]
+        rank = down.shape[0]
+        alpha = float(lora[f"{module}.alpha"]) if f"{module}.alpha" in lora else float(rank)
+        key = targets[module]
+        weight = merged[key]
+        delta = lora_delta(down, up).reshape(weight.shape)
+        merged[key] = (weight.float() + strength * (alpha / rank) * delta).to(weight.dtype)
+    return merged, {"modules": len(modules), "strength": strength}

@@ -1,0 +1,45 @@
+"""Subprocess entry point: `python -m training.run JOB.json` (or through `accelerate launch`).
+
+JOB.json: {"config": {...validated TrainConfig...}, "data_dir", "output_dir", "dataset", "cache_dir",
+"stop_at_step"}. Progress goes to stdout one line at a time; the result is written to
+OUTPUT_DIR/result.json; a failure exits non-zero with a one-line reason as the last stderr line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if len(argv) != 1:
+        print("usage: python -m training.run JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    from training.config import validate_config
+    from training.train import run_training
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        config = validate_config(job["config"], argv[0])
+        result = run_training(config, Path(job["data_dir"]), Path(job["output_dir"]), dataset=job.get("dataset"),
+                              cache_dir=Path(job["cache_dir"]) if job.get("cache_dir") else None,
+                              stop_at_step=job.get("stop_at_step"), log=log)
+    except Exception as error:  # the flow records this line as the run's error
+        import traceback
+
+        traceback.print_exc()
+        print(f"training failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+    log(f"training {result['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
