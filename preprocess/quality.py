@@ -4,7 +4,7 @@ Scores (all from the image as given, measured on a copy scaled to `analysis_max_
 figures compare across resolutions):
 - sharpness: variance of the Laplacian of the grey image (higher is sharper; < ~60 looks blurred)
 - exposure: mean luminance, 0 (black) … 1 (white)
-- clipping: fraction of pixels at pure black or pure white (≤ clip_low or ≥ clip_high)
+- clipping: fraction of pixels blown out (any channel ≥ clip_high) or crushed (every channel ≤ clip_low)
 - noise: estimated standard deviation of the noise in grey levels (Immerkær 1996)
 - resolution: the short side of the original in pixels (what SD training buckets care about)
 - brisque: BRISQUE, 0 (best) … ~100, when OpenCV's model files are present (Debian: opencv-data)
@@ -80,9 +80,11 @@ def measure(image: Image.Image, params: QualityParams) -> tuple[dict[str, float]
     """Scores and details for one image."""
     rgb, opaque = _analysis_copy(image, params.analysis_max_side)
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    visible = gray[opaque] if opaque is not None and opaque.any() else gray.ravel()
-    shadows = float((visible <= params.clip_low).mean())
-    highlights = float((visible >= params.clip_high).mean())
+    keep = opaque if opaque is not None and opaque.any() else np.ones(gray.shape, dtype=bool)
+    visible, brightest = gray[keep], rgb.max(axis=2)[keep]
+    # a highlight is blown when any channel saturates; a shadow is crushed when all channels are black
+    shadows = float((brightest <= params.clip_low).mean())
+    highlights = float((brightest >= params.clip_high).mean())
     scores = {
         "sharpness": sharpness(gray),
         "exposure": float(visible.mean() / 255.0),
@@ -107,7 +109,7 @@ def measure(image: Image.Image, params: QualityParams) -> tuple[dict[str, float]
     return scores, meta
 
 
-@register("quality")
+@register("quality", params=QualityParams)
 def load_quality(params: dict, registry) -> LoadedStep:
     """Weight-free technical quality scores (see the module docstring)."""
     parsed: QualityParams = validate_params(QualityParams, params, "quality")
