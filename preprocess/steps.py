@@ -72,14 +72,28 @@ STEP_MODULES = {
 }
 
 _LOADERS: dict[str, StepLoader] = {}
+_PARAMS: dict[str, type[BaseModel]] = {}
 
 
-def register(name: str) -> Callable[[StepLoader], StepLoader]:
+def register(name: str, params: type[BaseModel] | None = None) -> Callable[[StepLoader], StepLoader]:
+    """Register a step's loader; `params` (its pydantic model) lets configs be checked before any model loads."""
+
     def decorate(loader: StepLoader) -> StepLoader:
         _LOADERS[name] = loader
+        if params is not None:
+            _PARAMS[name] = params
         return loader
 
     return decorate
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Validate a step's parameters without loading its models (ValueError names step and field)."""
+    if name not in STEP_MODULES:
+        raise ValueError(f"unknown step {name!r}; steps: {', '.join(STEP_MODULES)}")
+    importlib.import_module(STEP_MODULES[name])
+    if name in _PARAMS:
+        validate_params(_PARAMS[name], params, name)
 
 
 def load_step(name: str, params: dict[str, Any], registry: Registry) -> LoadedStep:

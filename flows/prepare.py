@@ -1,0 +1,260 @@
+"""The prepare flow: a dataset's members through the configured steps into artifacts, tags, captions
+and scores — incremental (cached by input, step, params, model), resumable, batched, observable.
+
+Reads like the pipeline's table of contents: plan each step from the cache, run what is missing in
+batches (Prefect tasks on the configured task runner), record each batch in one transaction, then
+apply the outcome to the members.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from PIL import Image
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.pipeline import PipelineConfig, StepConfig, load_pipeline
+from preprocess.load import open_image
+from preprocess.steps import Item, LoadedStep, check_params, load_step, params_hash
+from store.blobs import BlobStore
+from store.datasets import get_dataset
+from store.db import Store, open_store
+from store.registry import ModelMissing, load_registry
+from store.step_results import MemberState, advance, apply_to_member, find_results, load_member_states, record_result
+
+_LOADED: dict[tuple[str, str], LoadedStep] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def loaded_step(step: str, params: dict) -> LoadedStep:
+    """The step with its models, loaded once per worker process and reused for every batch."""
+    key = (step, params_hash(params))
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = load_step(step, params, load_registry())
+        return _LOADED[key]
+
+
+def _encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def run_batch(step: str, params: dict, blobs_url: str, items: list[dict]) -> dict:
+    """Run one step on a batch (pure: blobs in, blobs + plain results out). One bad image fails alone."""
+    loaded = loaded_step(step, params)
+    blobs = BlobStore(blobs_url)
+    started = time.perf_counter()
+    prepared: list[Item | str] = []
+    for item in items:
+        try:
+            image = open_image(blobs.get(item["sha"], item["ext"]), max_pixels=1 << 40, min_side=1).image
+            prepared.append(Item(image=image, name=item["name"], caption=item["caption"], tags=item["tags"],
+                                 meta=item["meta"]))
+        except Exception as error:  # a blob that no longer decodes fails this image only
+            prepared.append(f"cannot read input: {error}")
+    good = [p for p in prepared if isinstance(p, Item)]
+    try:
+        outputs = iter(loaded.run(good) if good else [])
+    except Exception:
+        outputs = iter(_one_by_one(loaded, good))
+    per_item = (time.perf_counter() - started) / max(len(items), 1)
+    results = []
+    for entry in prepared:
+        if isinstance(entry, str):
+            results.append({"status": "failed", "error": entry})
+            continue
+        output = next(outputs)
+        if isinstance(output, Exception):
+            results.append({"status": "failed", "error": f"{type(output).__name__}: {output}"})
+            continue
+        result: dict[str, Any] = {"status": "done", "meta": output.meta, "caption": output.caption,
+                                  "scores": dict(output.scores), "seconds": per_item,
+                                  "tags": [asdict(t) for t in output.tags] if output.tags is not None else None}
+        if "faces" in output.meta and "faces" not in result["scores"]:
+            result["scores"]["faces"] = float(len(output.meta["faces"] or []))
+        if output.image is not None:
+            data = _encode_png(output.image)
+            result["artifact"] = {"sha256": blobs.put(data, "png"), "ext": "png",
+                                  "width": output.image.width, "height": output.image.height}
+        results.append(result)
+    return {"backend": loaded.backend, "model_id": loaded.model_id, "model_hash": loaded.model_hash,
+            "params": loaded.params, "results": results}
+
+
+def _one_by_one(loaded: LoadedStep, items: list[Item]) -> list:
+    outputs = []
+    for item in items:
+        try:
+            outputs.append(loaded.run([item])[0])
+        except Exception as error:
+            outputs.append(error)
+    return outputs
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry what may pass on a second try (I/O, a lost worker); a bad parameter fails at once."""
+    try:
+        state.result()
+    except (OSError, ConnectionError, TimeoutError, MemoryError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+run_batch_task = task(run_batch, name="run-step", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
+                      retry_condition_fn=_transient)
+
+
+def _task_runner(config: PipelineConfig):
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    if config.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=config.workers)
+    if config.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            return DaskTaskRunner(address=config.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "processes": True})
+    return ThreadPoolTaskRunner(max_workers=config.workers)
+
+
+def _current_model_hash(model_id: str | None, cache: dict) -> str | None:
+    """The hash the weights named `model_id` have now ("" for weight-free backends, None if gone)."""
+    if not model_id:
+        return ""
+    if model_id not in cache:
+        try:
+            cache[model_id] = load_registry().resolve(model_id).sha256
+        except (ModelMissing, ValueError):
+            cache[model_id] = None
+    return cache[model_id]
+
+
+def plan_step(session, step: StepConfig, p_hash: str, states: list[MemberState], hashes: dict) -> tuple[list, list, list]:
+    """Split members into (cached, todo, not applicable) for this step."""
+    live = [s for s in states if not s.failed]
+    applicable = [s for s in live if all(c.holds(s.facts()) for c in step.when)]
+    skipped = [s for s in live if s not in applicable]
+    found = find_results(session, step.step, p_hash, sorted({s.sha for s in applicable}))
+    cached, todo = [], []
+    for state in applicable:
+        hit = next((row for row in found.get(state.sha, []) if row.status == "done"
+                    and _current_model_hash((row.output or {}).get("model_id"), hashes) == row.model_hash), None)
+        (cached if hit else todo).append((state, hit))
+    return cached, [s for s, _ in todo], skipped
+
+
+def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Callable | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Run every step over the dataset; returns per-step counts and times (what --json prints)."""
+    started = time.perf_counter()
+    with store.session() as session:
+        ds = get_dataset(session, dataset)
+        states = load_member_states(session, ds.id)
+    summary: dict[str, Any] = {"dataset": dataset, "pipeline": config.name, "members": len(states), "steps": []}
+    hashes: dict[str, str | None] = {}
+    for step in config.steps:
+        t0 = time.perf_counter()
+        p_hash = params_hash(step.params)
+        with store.session() as session:
+            cached, todo, skipped = plan_step(session, step, p_hash, states, hashes)
+            for state, row in cached:
+                advance(state, row, step.id, session)
+        counts = {"step": step.id, "done": 0, "cached": len(cached), "not_applicable": len(skipped),
+                  "failed": [], "excluded": 0, "backend": None}
+        batches = [todo[i:i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
+        payloads = [[{"sha": s.sha, "ext": s.ext, "name": s.source_path, "caption": s.caption, "tags": s.tags,
+                      "meta": s.meta} for s in batch] for batch in batches]
+        if submit is not None:
+            futures = [submit(step.step, step.params, store.settings.blobs_url, p) for p in payloads]
+            outputs = (f.result() for f in futures)
+        else:
+            outputs = (run_batch(step.step, step.params, store.settings.blobs_url, p) for p in payloads)
+        finished = 0
+        for batch, output in zip(batches, outputs):
+            counts["backend"] = output["backend"]
+            with store.session() as session:  # one batch, one transaction: a kill loses at most this batch
+                for state, result in zip(batch, output["results"]):
+                    row = record_result(session, state, step.step, output["params"], p_hash, output["backend"],
+                                        output["model_id"], output["model_hash"], result)
+                    advance(state, row, step.id, session)
+                    if result["status"] == "done":
+                        counts["done"] += 1
+                    else:
+                        counts["failed"].append({"path": state.source_path, "reason": result["error"]})
+            finished += len(batch)
+            if on_progress:
+                on_progress(step.id, finished, len(todo))
+        if on_progress and not todo:
+            on_progress(step.id, 0, 0)
+        counts["seconds"] = round(time.perf_counter() - t0, 3)
+        summary["steps"].append(counts)
+    summary["applied"] = _apply(store, config, states, summary)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _apply(store: Store, config: PipelineConfig, states: list[MemberState], summary: dict) -> dict:
+    excluded = 0
+    by_step = {c["step"]: c for c in summary["steps"]}
+    with store.session() as session:
+        for state in states:
+            reason = None
+            for step in config.steps:
+                for rule in step.exclude_when:
+                    if reason is None and (reason := rule.excludes(state.scores)):
+                        by_step[step.id]["excluded"] += 1
+            excluded += reason is not None
+            apply_to_member(session, state, reason)
+    return {"excluded": excluded, "failed_members": sum(1 for s in states if s.failed)}
+
+
+@flow(name="prepare", log_prints=True)
+def prepare_flow(dataset: str, pipeline: str | None = None, overrides: dict | None = None,
+                 commit_message: str | None = None, on_progress: Callable | None = None) -> dict:
+    """Prefect flow: the configured steps over a dataset; summary artifact + contact sheet; optional commit.
+
+    Batches run as `run-step` tasks on the flow's task runner (see `prepare`, which picks it from the config).
+    """
+    from flows.prepare_report import publish_report
+
+    config = load_pipeline(pipeline, overrides)
+    store = open_store()
+    submit = lambda step, params, blobs_url, items: run_batch_task.submit(step, params, blobs_url, items)
+    summary = run_pipeline(store, dataset, config, submit=submit, on_progress=on_progress)
+    summary["report"] = publish_report(store, dataset, config, summary)
+    print(f"prepare {dataset}: " + ", ".join(f"{c['step']} done {c['done']} cached {c['cached']} failed {len(c['failed'])}"
+                                            for c in summary["steps"]))
+    if commit_message:
+        from store.versions import NothingToCommit, commit_version
+
+        try:
+            summary["version"] = asdict(commit_version(store, dataset, commit_message))
+        except NothingToCommit as error:
+            summary["version"] = None
+            print(str(error))
+    return summary
+
+
+def prepare(dataset: str, pipeline: str | None = None, overrides: dict | None = None,
+            commit_message: str | None = None, on_progress: Callable | None = None) -> dict:
+    """Validate the pipeline (fail fast, naming the field), then run the flow on its task runner."""
+    config = load_pipeline(pipeline, overrides)
+    for step in config.steps:
+        try:
+            check_params(step.step, step.params)
+        except ValueError as error:
+            raise ValueError(f"{pipeline or 'configs/pipeline/default.yaml'}: step {step.id!r}: {error}") from None
+    with open_store().session() as session:
+        get_dataset(session, dataset)
+    return prepare_flow.with_options(task_runner=_task_runner(config))(
+        dataset, pipeline, overrides, commit_message, on_progress)

@@ -1,0 +1,151 @@
+"""The prepare flow on real photos: incremental, failure-tolerant, configurable, curator-safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from flows.ingest import ingest
+from flows.pipeline import load_pipeline
+from flows.prepare import prepare
+from store.db import open_store
+from store.models import Member, Score, StepResult, Tag
+from tests.tiny_models.fixtures import tiny_wd14  # noqa: F401  (session fixture)
+
+
+@pytest.fixture
+def photos_dataset(atelier_env, photos, prefect_harness):
+    store = open_store()
+    ingest(store, [photos], "photos")
+    return store
+
+
+def _step(summary: dict, step_id: str) -> dict:
+    return next(c for c in summary["steps"] if c["step"] == step_id)
+
+
+def _write(tmp_path: Path, name: str, config: dict) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_default_pipeline_end_to_end_then_a_rerun_does_nothing(photos_dataset):
+    store = photos_dataset
+    first = prepare("photos")
+    quality = _step(first, "quality")
+    assert quality["done"] == 7 and quality["cached"] == 0 and quality["failed"] == []
+    with store.session() as session:
+        sharpness = session.scalars(select(Score.value).where(Score.name == "sharpness")).all()
+        assert len(sharpness) == 7 and all(v > 0 for v in sharpness)
+    report = first["report"]
+    assert "| quality |" in report["markdown"] and Path(report["contact_sheet"]).exists()
+
+    again = prepare("photos", commit_message="prepared")
+    assert _step(again, "quality")["done"] == 0 and _step(again, "quality")["cached"] == 7
+    assert again["version"]["number"] == 1 and again["version"]["entries"] == 7
+
+
+def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tmp_path):
+    store = photos_dataset
+    config = {"name": "tagging", "batch_size": 3, "steps": [
+        {"step": "quality"},
+        {"step": "tag", "model": str(tiny_wd14), "params": {"general_threshold": 0.5, "character_threshold": 0.85}},
+    ]}
+    path = _write(tmp_path, "tagging.yaml", config)
+    first = prepare("photos", path)
+    assert _step(first, "tag")["done"] == 7 and _step(first, "tag")["backend"] == "wd14-onnx"
+    with store.session() as session:
+        messi = session.scalar(select(Member).where(Member.source_path == "messi5.jpg"))
+        tags = {t.text: t for t in session.scalars(select(Tag).where(Tag.member_id == messi.id))}
+        assert "1girl" in tags and tags["1girl"].source.startswith("model:") and tags["1girl"].status == "suggested"
+        assert "kaname madoka" in tags and "hatsune miku" not in tags  # character threshold 0.85
+        assert "long hair" not in tags  # 0.45 < 0.5
+        # a curator accepts one suggestion and rejects another
+        tags["1girl"].status, tags["1girl"].updated_by = "accepted", "ana"
+        tags["solo"].status = "rejected"
+        messi_id = messi.id
+
+    # lower the general threshold: only the tag step runs again, quality stays cached
+    second = prepare("photos", path, overrides={"tag": {"general_threshold": 0.3}})
+    assert _step(second, "quality") | {"seconds": 0} == _step(first, "quality") | {"done": 0, "cached": 7, "seconds": 0, "backend": None}
+    assert _step(second, "tag")["done"] == 7
+    with store.session() as session:
+        tags = {t.text: t for t in session.scalars(select(Tag).where(Tag.member_id == messi_id))}
+        assert "long hair" in tags  # 0.45 ≥ 0.3 now
+        assert tags["1girl"].status == "accepted" and tags["solo"].status == "rejected"  # curator work survives
+        assert session.scalar(select(func.count()).select_from(StepResult).where(StepResult.step == "tag")) == 14
+
+
+def test_rules_exclude_and_restore_members_without_deleting(photos_dataset, tmp_path):
+    store = photos_dataset
+    strict = _write(tmp_path, "strict.yaml", {"steps": [{"step": "quality", "exclude_when": ["resolution < 1000"]}]})
+    summary = prepare("photos", strict)
+    # messi5 548×342, HappyFish 259×194, leuvenB 751×563, ellipses 400×533 are below 1000 px on the long side
+    assert summary["applied"]["excluded"] == 4 and _step(summary, "quality")["excluded"] == 4
+    with store.session() as session:
+        reasons = dict(session.execute(select(Member.source_path, Member.excluded_reason)
+                                       .where(Member.status == "excluded")).all())
+        assert set(reasons) == {"messi5.jpg", "HappyFish.jpg", "leuvenB.jpg", "ellipses.jpg"}
+        assert reasons["messi5.jpg"].startswith("rule: resolution")
+        # a curator excludes an image by hand: rules never bring it back
+        elarun = session.scalar(select(Member).where(Member.source_path == "Elarun_2560x1600.png"))
+        elarun.status, elarun.excluded_reason = "excluded", "off-topic"
+    relaxed = prepare("photos")  # the default pipeline's rules keep all four
+    assert relaxed["applied"]["excluded"] == 0
+    with store.session() as session:
+        statuses = dict(session.execute(select(Member.source_path, Member.status)).all())
+    assert statuses["messi5.jpg"] == "active" and statuses["Elarun_2560x1600.png"] == "excluded"
+
+
+def test_a_failing_image_fails_alone(photos_dataset):
+    store = photos_dataset
+    with store.session() as session:
+        member = session.scalar(select(Member).where(Member.source_path == "leuvenB.jpg"))
+        blob = store.blobs.local_path(member.image.sha256, member.image.ext)
+    saved = blob.read_bytes()
+    blob.chmod(0o644)
+    blob.write_bytes(b"\xff\xd8 no longer a jpeg")
+    try:
+        summary = prepare("photos")
+    finally:
+        blob.write_bytes(saved)
+    quality = _step(summary, "quality")
+    assert quality["done"] == 6
+    assert [f["path"] for f in quality["failed"]] == ["leuvenB.jpg"]
+    assert "cannot read input" in quality["failed"][0]["reason"]
+    assert summary["applied"]["failed_members"] == 1
+    # the failure is recorded, and the next run tries that image again (and only it)
+    again = prepare("photos")
+    assert _step(again, "quality")["done"] == 1 and _step(again, "quality")["cached"] == 6
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"steps": [{"step": "sharpen"}]}, "step 1 (sharpen): step: unknown step 'sharpen'"),
+    ({"steps": [{"step": "quality", "exclude_when": ["sharpness <<< 3"]}]}, "step 1 (quality): exclude_when"),
+    ({"steps": [{"step": "quality", "when": "faces ~ 1"}]}, "step 1 (quality): when"),
+    ({"steps": [{"step": "quality", "colour": 1}]}, "step 1 (quality): colour: Extra inputs are not permitted"),
+    ({"batch_size": 0, "steps": []}, "batch_size: Input should be greater than or equal to 1"),
+])
+def test_bad_pipeline_configs_name_the_file_step_and_field(tmp_path, config, message):
+    path = _write(tmp_path, "bad.yaml", config)
+    with pytest.raises(ValueError) as error:
+        load_pipeline(path)
+    assert str(error.value).startswith(path) and message in str(error.value)
+
+
+def test_unknown_step_parameters_fail_before_any_work(photos_dataset, tmp_path):
+    path = _write(tmp_path, "p.yaml", {"steps": [{"step": "quality", "params": {"sharpnes": 1}}]})
+    with pytest.raises(ValueError, match="step 'quality'.*sharpnes: Extra inputs are not permitted"):
+        prepare("photos", path)
+    with pytest.raises(ValueError, match="--set upscal: no step or field of that name"):
+        load_pipeline(None, {"upscal": {"scale": 2}})
+
+
+def test_shipped_pipelines_are_valid():
+    for path in sorted(Path("configs/pipeline").glob("*.yaml")):
+        config = load_pipeline(path)
+        assert config.steps, path
