@@ -8,6 +8,7 @@ from sqlalchemy import select
 from preprocess.steps import TagSuggestion
 from store.models import Caption, Dataset, Image, Member, Score, Tag
 from store.tags import apply_caption, apply_model_tags, apply_scores
+from tests.tiny_models.fixtures import registry, tiny_wd14  # noqa: F401
 
 WD14 = "model:wd14-vit-v2"
 
@@ -122,3 +123,26 @@ def test_scores_are_one_value_per_name_newest_wins(store):
 def test_unknown_member_is_a_clear_error(store):
     with store.session() as session, pytest.raises(ValueError, match="member 999 does not exist"):
         apply_scores(session, 999, {"sharpness": 1.0}, "quality:opencv")
+
+
+def test_re_tagging_a_real_photo_keeps_the_curators_decisions(store, registry, tiny_wd14, photos):  # noqa: F811
+    from preprocess.load import load_image_file
+    from preprocess.steps import Item, load_step
+
+    member_id = _member(store)
+    item = Item(load_image_file(photos / "messi5.jpg").image, name="messi5.jpg")
+    first = load_step("tag", {"model": str(tiny_wd14), "general_threshold": 0.25}, registry).run([item])[0].tags
+    with store.session() as session:
+        apply_model_tags(session, member_id, WD14, first)
+        tags = {t.text: t for t in session.scalars(select(Tag).where(Tag.member_id == member_id))}
+        assert tags["outdoors"].confidence == pytest.approx(0.27, abs=1e-3)  # a weak tag the curator wants
+        tags["1girl"].status = "rejected"
+        tags["outdoors"].status = "accepted"
+    # a stricter re-run drops "outdoors" and "long hair" and still suggests "1girl"
+    second = load_step("tag", {"model": str(tiny_wd14), "general_threshold": 0.5}, registry).run([item])[0].tags
+    assert {"outdoors", "long hair"}.isdisjoint(t.text for t in second) and "1girl" in {t.text for t in second}
+    with store.session() as session:
+        counts = apply_model_tags(session, member_id, WD14, second)
+    tags = _tags(store, member_id)
+    assert tags["1girl"].status == "rejected" and tags["outdoors"].status == "accepted"
+    assert "long hair" not in tags and counts["removed"] >= 1 and counts["protected"] == 1
