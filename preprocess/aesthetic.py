@@ -32,7 +32,7 @@ class AestheticParams(BaseModel):
 
 def build_head(state: dict, where: str):
     """The predictor's nn.Sequential, sized from the checkpoint's own tensors."""
-    import torch.nn as nn
+    from torch import nn
 
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -56,8 +56,8 @@ def build_head(state: dict, where: str):
 def load_aesthetic(params: dict, registry) -> LoadedStep:
     """Aesthetic score 1–10 per image (the head's raw output, clamped; raw value in meta)."""
     parsed: AestheticParams = validate_params(AestheticParams, params, "aesthetic")
-    head_model = registry.resolve(parsed.model)
-    clip_model = registry.resolve(parsed.clip)
+    head_model = registry.resolve(parsed.model, kind="aesthetic-head")
+    clip_model = registry.resolve(parsed.clip, kind="clip")
     import torch
     from transformers import CLIPImageProcessor, CLIPModel
 

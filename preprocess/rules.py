@@ -15,7 +15,8 @@ Excluding only sets a member's status and reason; nothing is deleted.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
@@ -44,7 +45,7 @@ class Rule(BaseModel):
         return {"score": name, ("min" if op.startswith("<") else "max"): float(number)}
 
     @model_validator(mode="after")
-    def _has_a_bound(self) -> "Rule":
+    def _has_a_bound(self) -> Rule:
         if self.min is None and self.max is None:
             raise ValueError(f"rule on {self.score!r} needs min or max")
         if self.min is not None and self.max is not None and self.min > self.max:

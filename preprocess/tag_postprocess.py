@@ -7,7 +7,7 @@ merge duplicates → confidence order → max tag count → trigger word first.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import csv
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -125,9 +126,28 @@ def load_wd14(path: Path) -> Callable[[list[Image.Image]], list[RawScores]]:
 
 # --- DeepDanbooru ------------------------------------------------------------------------------
 
+def import_tensorflow():
+    """TensorFlow, loaded safely beside torch: every TensorFlow import in Atelier goes through here.
+
+    triton must be loaded before TensorFlow: loaded after it, triton's native module segfaults the
+    process (TF 2.21 + triton from torch 2.14), e.g. when transformers next loads a model.
+    """
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+    import tensorflow
+
+    return tensorflow
+
+
 def import_deepdanbooru():
     """The deepdanbooru package; its `tensorflow_io` import (used only to read WebP files, which we
     never hand it: it gets decoded pixels) is satisfied by an empty module where tensorflow-io is absent."""
+    try:
+        import_tensorflow()
+    except ImportError as error:
+        raise ValueError(f"step 'tag': backend deepdanbooru needs TensorFlow: pip install '.[deepdanbooru]' ({error})") from None
     try:
         import tensorflow_io  # noqa: F401
     except ImportError:
@@ -141,7 +161,7 @@ def import_deepdanbooru():
 
 def load_deepdanbooru(path: Path) -> Callable[[list[Image.Image]], list[RawScores]]:
     dd = import_deepdanbooru()
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     folder = path if path.is_dir() else path.parent
     # load_project is broken in 1.0.4; these two are what it should call
@@ -175,7 +195,7 @@ def load_deepdanbooru(path: Path) -> Callable[[list[Image.Image]], list[RawScore
 def load_tagger(params: dict, registry) -> LoadedStep:
     """Tag suggestions with confidences, post-processed (see preprocess.tag_postprocess)."""
     parsed: TagParams = validate_params(TagParams, params, "tag")
-    resolved = registry.resolve(parsed.model)
+    resolved = registry.resolve(parsed.model, kind="tagger")
     backend = detect_tagger(resolved.path) if parsed.backend == "auto" else parsed.backend
     infer = load_wd14(resolved.path) if backend == "wd14-onnx" else load_deepdanbooru(resolved.path)
     options = TagPostProcess.model_validate(parsed.model_dump(include=set(TagPostProcess.model_fields)))
@@ -205,7 +225,7 @@ def pick_device(choice: str) -> str:
 def load_captioner(params: dict, registry) -> LoadedStep:
     """A natural-language caption from a BLIP-style transformers folder (BlipForConditionalGeneration)."""
     parsed: CaptionParams = validate_params(CaptionParams, params, "caption")
-    resolved = registry.resolve(parsed.model)
+    resolved = registry.resolve(parsed.model, kind="captioner")
     import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor
 

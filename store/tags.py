@@ -8,6 +8,7 @@ caption. Model suggestions live beside them and are replaced by the next run of 
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from sqlalchemy import select
@@ -30,7 +31,7 @@ def is_protected(tag: Tag) -> bool:
 
 
 def caption_is_human(source: str | None) -> bool:
-    return bool(source) and (source.startswith("human:") or source.startswith("sidecar"))
+    return bool(source) and (source.startswith(("human:", "sidecar")))
 
 
 def _member(session: Session, member_id: int) -> Member:
@@ -93,7 +94,7 @@ def apply_scores(
     now = utcnow()
     for name, value in scores.items():
         value = float(value)
-        if value != value:  # NaN: a score that could not be measured is not a score
+        if math.isnan(value):  # NaN: a score that could not be measured is not a score
             raise ValueError(f"score {name!r} for member {member_id} is NaN")
         score = existing.get(name)
         if score is None:

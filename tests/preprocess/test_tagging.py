@@ -173,3 +173,24 @@ def test_deepdanbooru_project_tags_real_photos(registry, tiny_deepdanbooru, phot
     single = load_step("tag", {"model": str(tiny_deepdanbooru), "general_threshold": 0.0, "character_threshold": 0.0,
                                "rating_threshold": 0.0, "batch_size": 1}, registry).run(items[:1])[0].tags
     assert [t.confidence for t in single] == pytest.approx([t.confidence for t in results[0]], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_deepdanbooru_and_torch_models_share_a_process(tiny_deepdanbooru, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # a fresh process, so the import order is the one a prepare worker has: TensorFlow first, then triton
+    script = (
+        "from preprocess.steps import load_step\n"
+        "from store.registry import load_registry\n"
+        "from store.settings import load_settings\n"
+        f"registry = load_registry(settings=load_settings({{'ATELIER_HOME': {str(tmp_path)!r}}}))\n"
+        f"load_step('tag', {{'model': {str(tiny_deepdanbooru)!r}}}, registry)\n"
+        "import triton\n"
+        "print('both loaded')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "both loaded" in done.stdout, done.stderr[-2000:]

@@ -23,6 +23,9 @@ def build_tiny_deepdanbooru(folder: Path, *, seed: int = 0) -> Path:
     model_file = folder / f"model-{MODEL_NAME}.h5"
     if model_file.exists():
         return folder
+    from preprocess.tagging import import_tensorflow
+
+    import_tensorflow()  # before keras: see import_tensorflow
     import keras
 
     folder.mkdir(parents=True, exist_ok=True)
