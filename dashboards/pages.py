@@ -1,0 +1,34 @@
+"""Rendering server-side pages: one Jinja2 environment, every page gets the user and CSRF token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+
+from dashboards.auth import csrf_token, session_user
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["tojson_attr"] = lambda value: json.dumps(value, default=str)
+templates.env.globals["urlencode"] = urlencode
+templates.env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": str}
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+templates.env.filters["fmt"] = fmt
+
+
+def render(request: Request, name: str, status_code: int = 200, **context):
+    """A page from templates/<name> with `user`, `csrf` and the Prefect UI address available."""
+    context.setdefault("user", session_user(request))
+    context["csrf"] = csrf_token(request)
+    context["prefect_ui"] = request.app.state.prefect_ui
+    return templates.TemplateResponse(request, name, context, status_code=status_code)

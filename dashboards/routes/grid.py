@@ -1,0 +1,54 @@
+"""The grid of a dataset's members: filters, sort, pages (and the list of datasets)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from dashboards.auth import reader
+from dashboards.pages import render
+from store import queries
+from store.users import UserInfo
+
+router = APIRouter()
+
+FILTER_DOC = ("Filter parameters: tags_all, tags_any, tags_none (comma-separated tags: and / or / not), "
+              "tag_source (model|human), tag_status (suggested|accepted|rejected), min_<score>/max_<score> "
+              "(e.g. min_aesthetic=5), face (yes|no), status (active|excluded|duplicate|all), unreviewed=1, "
+              "sort (date|confidence|score:<name>), order (asc|desc), page, per_page (≤ 200).")
+
+
+def grid_data(request: Request, dataset: str) -> dict:
+    f = queries.grid_filter_from_params(request.query_params)
+    with request.app.state.store.session() as session:
+        page = queries.grid_page(session, queries.dataset_id(session, dataset), f)
+    page["dataset"] = dataset
+    page["params"] = f.to_params()
+    return page
+
+
+@router.get("/", include_in_schema=False)
+def home(request: Request, user: UserInfo = Depends(reader)):
+    with request.app.state.store.session() as session:
+        datasets = queries.list_datasets(session)
+    return render(request, "home.html", user=user, datasets=datasets)
+
+
+@router.get("/api/datasets", tags=["grid"])
+def api_datasets(request: Request, user: UserInfo = Depends(reader)):
+    with request.app.state.store.session() as session:
+        return {"datasets": queries.list_datasets(session)}
+
+
+@router.get("/api/datasets/{dataset}/members", tags=["grid"], description=FILTER_DOC)
+def api_grid(request: Request, dataset: str, user: UserInfo = Depends(reader)):
+    """One page of the dataset's members matching the filter."""
+    return grid_data(request, dataset)
+
+
+@router.get("/d/{dataset}", include_in_schema=False)
+def grid_page(request: Request, dataset: str, user: UserInfo = Depends(reader)):
+    page = grid_data(request, dataset)
+    with request.app.state.store.session() as session:
+        score_names = queries.score_names(session, queries.dataset_id(session, dataset))
+    return render(request, "grid.html", user=user, dataset=dataset, grid=page, score_names=score_names,
+                  q=request.query_params)

@@ -1,0 +1,73 @@
+"""The tag table: frequency, source, acceptance rate; rename, merge, blacklist across a dataset."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from dashboards.auth import curator, reader
+from dashboards.pages import render
+from store import curation, queries
+from store.models import TagRule
+from store.users import UserInfo
+
+router = APIRouter()
+
+
+class Rename(BaseModel):
+    tag: str
+    new: str
+    dry_run: bool = False
+
+
+class Blacklist(BaseModel):
+    tag: str
+    dry_run: bool = False
+
+
+def _table(request: Request, dataset: str, contains: str, limit: int, offset: int) -> dict:
+    with request.app.state.store.session() as session:
+        ds = queries.dataset_id(session, dataset)
+        table = queries.tag_table(session, ds, contains, min(limit, 1000), offset)
+        table["rules"] = [{"kind": r.kind, "text": r.text, "replacement": r.replacement, "by": r.created_by}
+                          for r in session.scalars(select(TagRule).where(TagRule.dataset_id == ds)
+                                                   .order_by(TagRule.kind, TagRule.text))]
+    return table
+
+
+@router.get("/api/datasets/{dataset}/tags", tags=["tags"])
+def api_tags(request: Request, dataset: str, contains: str = "", limit: int = 200, offset: int = 0,
+             user: UserInfo = Depends(reader)):
+    """Every tag with its frequency, model/human counts and acceptance rate; plus the tag rules."""
+    return _table(request, dataset, contains, limit, offset)
+
+
+@router.post("/api/datasets/{dataset}/tags/rename", tags=["tags"])
+def rename(request: Request, dataset: str, body: Rename, user: UserInfo = Depends(curator)):
+    with request.app.state.store.session() as session:
+        return curation.rename_tag(session, queries.dataset_id(session, dataset), body.tag, body.new,
+                                   user.name, dry_run=body.dry_run)
+
+
+@router.post("/api/datasets/{dataset}/tags/merge", tags=["tags"])
+def merge(request: Request, dataset: str, body: Rename, user: UserInfo = Depends(curator)):
+    """Merge `tag` into the existing tag `new`."""
+    with request.app.state.store.session() as session:
+        return curation.rename_tag(session, queries.dataset_id(session, dataset), body.tag, body.new,
+                                   user.name, merge=True, dry_run=body.dry_run)
+
+
+@router.post("/api/datasets/{dataset}/tags/blacklist", tags=["tags"])
+def blacklist(request: Request, dataset: str, body: Blacklist, user: UserInfo = Depends(curator)):
+    with request.app.state.store.session() as session:
+        return curation.blacklist_tag(session, queries.dataset_id(session, dataset), body.tag, user.name,
+                                      dry_run=body.dry_run)
+
+
+@router.get("/d/{dataset}/tags", include_in_schema=False)
+def tags_page(request: Request, dataset: str, contains: str = "", page: int = 1,
+              user: UserInfo = Depends(reader)):
+    page = max(page, 1)
+    table = _table(request, dataset, contains, 200, (page - 1) * 200)
+    return render(request, "tags.html", user=user, dataset=dataset, table=table, contains=contains, page=page)

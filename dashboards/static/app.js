@@ -1,0 +1,230 @@
+// Atelier dashboard: a little plain JavaScript over the JSON API (no framework, no CDN).
+"use strict";
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+
+async function api(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf(), Accept: "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  let data = {};
+  try { data = await response.json(); } catch (e) { /* empty body */ }
+  return { ok: response.ok, status: response.status, data };
+}
+
+function flash(text, kind = "info") {
+  const box = document.getElementById("flash");
+  box.textContent = text;
+  box.className = kind;
+  box.hidden = false;
+}
+
+// a message that survives a reload (after a write that changes the page)
+function flashAfterReload(text, kind = "info") {
+  sessionStorage.setItem("flash", JSON.stringify({ text, kind }));
+  location.reload();
+}
+
+function typing(event) {
+  const t = event.target;
+  return t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const saved = sessionStorage.getItem("flash");
+  if (saved) {
+    sessionStorage.removeItem("flash");
+    const { text, kind } = JSON.parse(saved);
+    flash(text, kind);
+  }
+  const undo = document.getElementById("undo");
+  if (undo) undo.addEventListener("click", undoLast);
+  if (document.getElementById("member")) memberPage();
+  if (document.getElementById("bulk")) bulkForm();
+  document.querySelectorAll("form.tag-op").forEach(tagOpForm);
+  const commit = document.getElementById("commit-form");
+  if (commit) commitForm(commit);
+});
+
+async function undoLast() {
+  const r = await api("POST", "/api/undo");
+  if (r.ok) flashAfterReload(`Undid ${r.data.action} on ${r.data.target}`);
+  else flash(r.data.error || `undo failed (${r.status})`, "error");
+}
+
+// ---------- image view ----------
+function memberPage() {
+  const root = document.getElementById("member");
+  const canWrite = JSON.parse(document.getElementById("can-write").textContent);
+  let state = JSON.parse(document.getElementById("member-data").textContent);
+  let focus = 0;
+  const list = document.getElementById("tags");
+  const caption = document.getElementById("caption");
+
+  function render() {
+    list.innerHTML = "";
+    state.tags.forEach((tag, index) => {
+      const li = document.createElement("li");
+      li.className = `tag ${tag.status}` + (index === focus ? " focused" : "");
+      li.dataset.text = tag.text;
+      const conf = tag.confidence == null ? "" : ` ${(tag.confidence * 100).toFixed(0)}%`;
+      li.innerHTML = `<span class="text"></span><small class="src"></small>`;
+      li.querySelector(".text").textContent = tag.text;
+      li.querySelector(".src").textContent = `${tag.status} · ${tag.source}${conf}`;
+      li.addEventListener("click", () => { focus = index; render(); });
+      if (canWrite) {
+        for (const [label, action] of [["✓", "accepted"], ["✗", "rejected"]]) {
+          const b = document.createElement("button");
+          b.type = "button"; b.textContent = label; b.title = action;
+          b.addEventListener("click", (e) => { e.stopPropagation(); focus = index; setStatus(action); });
+          li.appendChild(b);
+        }
+      }
+      list.appendChild(li);
+    });
+    if (caption && document.activeElement !== caption) caption.value = state.caption || "";
+    document.getElementById("status-badge").textContent = state.status === "active" ? "" : `${state.status}: ${state.excluded_reason || ""}`;
+    const exclude = document.getElementById("toggle-exclude");
+    if (exclude) exclude.textContent = state.status === "excluded" ? "Include (x)" : "Exclude (x)";
+    const last = state.last_change;
+    document.getElementById("member-meta").textContent =
+      `revision ${state.revision}` + (state.reviewed_by ? ` · reviewed by ${state.reviewed_by}` : " · not yet reviewed") +
+      (last ? ` · last change: ${last.action} by ${last.user}` : "");
+    root.dataset.revision = state.revision;
+  }
+
+  async function send(method, path, body) {
+    const r = await api(method, `/api/members/${state.id}${path}`, { ...body, revision: state.revision });
+    if (r.ok) {
+      state = { ...state, ...r.data };
+      render();
+      return true;
+    }
+    if (r.status === 409 && r.data.current) {
+      state = { ...state, ...r.data.current };
+      render();
+      flash(`Not saved — ${r.data.error}. The page now shows their change; redo yours if it still applies.`, "conflict");
+    } else {
+      flash(r.data.error || `failed (${r.status})`, "error");
+    }
+    return false;
+  }
+
+  const focused = () => state.tags[focus];
+  const setStatus = (status) => focused() && send("POST", "/tags/status", { text: focused().text, status });
+  const removeTag = () => focused() && send("POST", "/tags/remove", { text: focused().text });
+  const saveCaption = () => send("PUT", "/caption", { caption: caption.value });
+  const toggleExclude = () => {
+    const excluded = state.status !== "excluded";
+    const reasonBox = document.getElementById("exclude-reason");
+    let reason = reasonBox.value;
+    if (excluded && !reason) reason = prompt("Why exclude this image?", "") || "";
+    return send("PUT", "/exclusion", { excluded, reason });
+  };
+
+  if (canWrite) {
+    document.getElementById("add-tag").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const input = document.getElementById("new-tag");
+      if (input.value.trim() && await send("POST", "/tags", { text: input.value.trim() })) input.value = "";
+    });
+    document.getElementById("save-caption").addEventListener("click", saveCaption);
+    document.getElementById("toggle-exclude").addEventListener("click", toggleExclude);
+    document.getElementById("mark-reviewed").addEventListener("click", () => send("POST", "/reviewed", {}));
+    caption.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); saveCaption(); caption.blur(); }
+    });
+  }
+
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && typing(e)) { e.target.blur(); return; }
+    if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
+    const go = (id) => { const a = document.getElementById(id); if (a) location.href = a.href; };
+    const keys = {
+      ArrowRight: () => go("next"), j: () => go("next"),
+      ArrowLeft: () => go("prev"), k: () => go("prev"),
+      ArrowDown: () => { focus = Math.min(focus + 1, state.tags.length - 1); render(); },
+      ArrowUp: () => { focus = Math.max(focus - 1, 0); render(); },
+    };
+    if (canWrite) Object.assign(keys, {
+      a: () => setStatus("accepted"), r: () => setStatus("rejected"),
+      Delete: removeTag, Backspace: removeTag,
+      t: () => document.getElementById("new-tag").focus(),
+      c: () => caption.focus(),
+      x: toggleExclude, v: () => send("POST", "/reviewed", {}), u: undoLast,
+    });
+    const handler = keys[e.key];
+    if (handler) { e.preventDefault(); handler(); }
+  });
+  render();
+}
+
+// ---------- bulk edit on the grid ----------
+function bulkForm() {
+  const form = document.getElementById("bulk");
+  const dataset = form.dataset.dataset;
+  const filter = JSON.parse(document.getElementById("grid-filter").textContent);
+  const apply = document.getElementById("bulk-apply");
+  const count = document.getElementById("bulk-count");
+  const selected = () => [...document.querySelectorAll("input.select:checked")].map((c) => Number(c.value));
+  document.querySelectorAll("input.select").forEach((c) => c.addEventListener("change", () => {
+    document.getElementById("selected-count").textContent = selected().length;
+  }));
+  const body = (dryRun) => {
+    const data = new FormData(form);
+    const request = { op: data.get("op"), tag: data.get("tag").trim(), new: data.get("new").trim() || null, dry_run: dryRun };
+    if (data.get("scope") === "selection") request.member_ids = selected();
+    else request.filter = filter;
+    return request;
+  };
+  // any change to the form invalidates the preview: the count must match what is applied
+  form.addEventListener("input", () => { apply.disabled = true; count.textContent = ""; });
+  document.getElementById("bulk-preview").addEventListener("click", async () => {
+    if (!form.reportValidity()) return;
+    const r = await api("POST", `/api/datasets/${dataset}/bulk`, body(true));
+    if (!r.ok) { flash(r.data.error || `failed (${r.status})`, "error"); return; }
+    count.textContent = `${r.data.changed} of ${r.data.matched} images will change`;
+    apply.disabled = r.data.changed === 0;
+    apply.textContent = `Apply to ${r.data.changed} images`;
+  });
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await api("POST", `/api/datasets/${dataset}/bulk`, body(false));
+    if (r.ok) flashAfterReload(`${r.data.op} “${r.data.tag}”${r.data.new ? " → “" + r.data.new + "”" : ""}: ${r.data.changed} images changed`);
+    else flash(r.data.error || `failed (${r.status})`, "error");
+  });
+}
+
+// ---------- tag table: rename / merge / blacklist, preview then apply ----------
+function tagOpForm(form) {
+  const button = form.querySelector("button");
+  const preview = form.querySelector(".preview");
+  let previewed = false;
+  form.addEventListener("input", () => { previewed = false; button.textContent = "Preview"; preview.textContent = ""; });
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const data = Object.fromEntries(new FormData(form));
+    const r = await api("POST", form.dataset.api, { ...data, dry_run: !previewed });
+    if (!r.ok) { flash(r.data.error || `failed (${r.status})`, "error"); return; }
+    if (!previewed) {
+      preview.textContent = `${r.data.changed} images will change`;
+      button.textContent = `Apply to ${r.data.changed} images`;
+      previewed = true;
+    } else {
+      flashAfterReload(`${r.data.tag}: ${r.data.changed} images changed`);
+    }
+  });
+}
+
+// ---------- versions ----------
+function commitForm(form) {
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await api("POST", form.dataset.api, { message: form.querySelector('[name="message"]').value });
+    if (r.ok) flashAfterReload(`Committed version ${r.data.number} (${r.data.entries} images)`);
+    else flash(r.data.error || `failed (${r.status})`, "error");
+  });
+}
