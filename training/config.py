@@ -106,8 +106,6 @@ class TrainConfig(BaseModel):
             raise ValueError("min_bucket_reso must be <= max_bucket_reso")
         if self.method == "dreambooth" and self.train_text_encoder is False and self.text_encoder_lr:
             raise ValueError("text_encoder_lr is set but train_text_encoder is false")
-        if self.prior.enabled and not (self.prior.class_prompt or self.class_word):
-            raise ValueError("prior.enabled needs prior.class_prompt or class_word")
         return self
 
     @property

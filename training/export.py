@@ -55,6 +55,11 @@ def to_kohya(layers: dict[str, torch.Tensor], alpha: float, family: str) -> dict
     for key, value in kohya.items():
         if family != "sdxl" and key.startswith("lora_te1_"):
             key = "lora_te_" + key[len("lora_te1_"):]  # SD 1.x/2.x files name the one text encoder lora_te_
+        head, sep, rest = key.partition("_te")
+        if sep and not rest.split("_", 1)[1].startswith("text_model_"):
+            # transformers 5 flattens CLIPTextModel; kohya names keep the `text_model` level
+            number, _, module = rest.partition("_")
+            key = f"{head}_te{number}_text_model_{module}"
         if key.endswith(".alpha"):
             out[key] = torch.tensor(float(alpha))  # scale = alpha / rank
         else:

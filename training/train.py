@@ -122,20 +122,23 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
                                     target_modules=config.target_modules))
         if config.train_text_encoder:
+            from peft import inject_adapter_in_model  # transformers' add_adapter wants a newer peft
+
             for index, encoder in enumerate(model.text_encoders):
-                encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
-                                               target_modules=config.text_encoder_target_modules))
+                inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                                                   target_modules=config.text_encoder_target_modules), encoder)
                 trained[f"text_encoder{'_2' if index else ''}"] = encoder
     else:
         unet.requires_grad_(True)
         if config.train_text_encoder:
             model.text_encoders[0].requires_grad_(True)
             trained["text_encoder"] = model.text_encoders[0]
-    frozen_dtype = weight_dtype if config.uses_lora else torch.float32
-    unet.to(device, dtype=frozen_dtype)
-    vae.to(device, dtype=torch.float32)  # the VAE encodes once per image (cached); fp32 avoids NaNs in SD's VAE
-    for encoder in model.text_encoders:
-        encoder.to(device, dtype=frozen_dtype if encoder not in trained.values() or config.uses_lora else torch.float32)
+    vae.to(device)  # fp32: it encodes once per image (cached), and SD's VAE overflows in fp16
+    for module in (unet, *model.text_encoders):
+        module.to(device)
+        fully_trained = not config.uses_lora and any(module is m for m in trained.values())
+        if weight_dtype != torch.float32 and not fully_trained:
+            module.to(dtype=weight_dtype)  # frozen weights in half precision; trained ones stay fp32
     if config.uses_lora:
         cast_training_params(list(trained.values()), dtype=torch.float32)
     if config.gradient_checkpointing:
@@ -156,6 +159,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     if config.prior.enabled:
         from training.prior import class_images_folder, ensure_class_images
 
+        if not (config.prior.class_prompt or config.class_word):
+            raise ValueError("prior.enabled needs prior.class_prompt or class_word (or a dataset with a class word)")
         prompt = config.prior.class_prompt or f"a photo of {config.class_word}"
         folder = Path(config.prior.class_data_dir) if config.prior.class_data_dir else \
             class_images_folder(cache_dir, model.sha256, prompt, config.resolution)

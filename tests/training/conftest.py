@@ -37,3 +37,25 @@ def kohya_folder(tmp_path_factory, photos) -> Path:
         shutil.copy(photos / name, sub / name)
         (sub / name).with_suffix(".txt").write_text(caption)
     return root
+
+
+def tiny_config(base_model, **fields) -> dict:
+    """A config for the tiny SD: 64 px, small buckets, no TensorBoard unless asked."""
+    return {"base_model": str(base_model), "resolution": 64, "bucket_reso_steps": 32, "min_bucket_reso": 32,
+            "max_bucket_reso": 128, "max_train_steps": 4, "learning_rate": 1e-3, "report_to": "none",
+            "checkpointing_steps": 1000, "identifier": "sks", "class_word": "dog", **fields}
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_sd_dir, kohya_folder, tmp_path_factory):
+    """One LoRA run (UNet + text encoder) of 4 steps on three real photos, with validation samples."""
+    from training.config import load_config
+    from training.train import run_training
+
+    out = tmp_path_factory.mktemp("lora-run")
+    config = load_config(tiny_config(tiny_sd_dir, train_text_encoder=True, rank=4, lora_alpha=2, train_batch_size=2,
+                                     caption={"shuffle_tags": True, "keep_tokens": 1}, report_to="tensorboard",
+                                     validation_prompts=["sks dog"], validation_inference_steps=2))
+    result = run_training(config, kohya_folder, out, dataset={"name": "dogs", "version": 1},
+                          cache_dir=out / "cache", log=lambda line: None)
+    return {"config": config, "result": result, "out": out}
