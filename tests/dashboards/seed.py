@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image as PILImage
 
 from store.db import Store
-from store.models import Artifact, Dataset, Image, Member, Score, Tag
-from store.users import add_user
+from store.models import Artifact, Dataset, Image, Member, Score, Tag, User
+from store.users import hash_password
 
 PASSWORD = "correct horse battery"
 USERS = {"viewer": "viewer", "cur1": "curator", "cur2": "curator", "boss": "admin"}
@@ -25,12 +26,17 @@ PLAN = {
 }
 
 
+@lru_cache(maxsize=1)
+def password_hash() -> str:
+    return hash_password(PASSWORD)  # argon2 is slow on purpose: hash once per test session
+
+
 def seed(store: Store, photos: Path, dataset: str = "portraits") -> dict[str, int]:
     """Put the photos in the blob store and a dataset; returns {photo name: member id}."""
     ids: dict[str, int] = {}
     with store.session() as session:
         for name, role in USERS.items():
-            add_user(session, name, role, PASSWORD)
+            session.add(User(name=name, role=role, password_hash=password_hash()))
         ds = Dataset(name=dataset)
         session.add(ds)
         session.flush()
