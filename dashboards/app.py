@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -72,7 +73,8 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         if error.status_code == 401 and not _wants_json(request):
-            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
         return _error(request, error.status_code, str(error.detail), error.headers)
 
     for kind, status in ((NotFound, 404), (DatasetNotFound, 404), (VersionNotFound, 404), (QueryError, 400),
