@@ -1,0 +1,42 @@
+"""Image-to-image networks (Real-ESRGAN, GFPGAN, CodeFormer) loaded through spandrel.
+
+spandrel reads the same .pth files users have (`RealESRGAN_x4plus.pth`, `GFPGANv1.4.pth`,
+`codeformer.pth`) and detects the architecture from the keys. The file itself is read by
+store.registry.load_state_dict: safetensors, or a pickle with weights_only=True — a
+checkpoint that needs code execution is refused before spandrel sees it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from store.registry import load_state_dict
+
+_EXTRA_INSTALLED = False
+
+
+def _install_extra_arches() -> None:
+    global _EXTRA_INSTALLED
+    if _EXTRA_INSTALLED:
+        return
+    from spandrel import MAIN_REGISTRY
+    from spandrel_extra_arches import EXTRA_REGISTRY  # CodeFormer lives here (non-commercial licence)
+
+    MAIN_REGISTRY.add(*EXTRA_REGISTRY)
+    _EXTRA_INSTALLED = True
+
+
+def load_image_model(path: Path, expect: set[str] | None = None):
+    """A spandrel ImageModelDescriptor in eval mode on CPU; `expect`: allowed architecture ids."""
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    _install_extra_arches()
+    state_dict = load_state_dict(Path(path))
+    try:
+        descriptor = ModelLoader(device="cpu").load_from_state_dict(state_dict)
+    except UnsupportedModelError:
+        raise ValueError(f"{path}: not a model architecture Atelier knows (expected {', '.join(sorted(expect or []))})") from None
+    if expect and descriptor.architecture.id not in expect:
+        raise ValueError(f"{path}: is a {descriptor.architecture.id} model, expected {' or '.join(sorted(expect))}")
+    descriptor.model.eval()
+    return descriptor
