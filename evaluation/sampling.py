@@ -1,0 +1,102 @@
+"""Samples with fixed prompts and seeds, from a trained model and from its base model alone.
+
+The same (prompt, seed) always gives the same latents: each image has its own torch.Generator,
+so batching does not change a sample. A LoRA run samples base + LoRA at `lora_scale`; a
+DreamBooth run samples its own pipeline folder; the base model is sampled with the same settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from PIL import Image
+
+from evaluation.config import ConfigError, EvalPreset
+from preprocess.tagging import pick_device
+
+
+@dataclass
+class GeneratedSample:
+    model: str  # trained | base
+    template: str  # the preset's prompt, with placeholders
+    prompt: str  # as sent to the pipeline
+    seed: int
+    image: Image.Image
+
+
+def fill_prompt(template: str, identifier: str | None, class_word: str | None) -> str:
+    """`a {identifier} {class} on the beach` → `a sks dog on the beach` (missing words drop out)."""
+    text = template.format(identifier=identifier or "", **{"class": class_word or ""})
+    return " ".join(text.split())
+
+
+def set_scheduler(pipe, name: str | None) -> None:
+    """Swap in a diffusers scheduler by class name, keeping the model's noise schedule."""
+    if not name:
+        return
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config") or not name.endswith("Scheduler"):
+        raise ConfigError(f"scheduler: {name!r} is not a diffusers scheduler class (e.g. DPMSolverMultistepScheduler)")
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def generate(pipe, model: str, templates: list[str], preset: EvalPreset, identifier: str | None,
+             class_word: str | None, device: str = "cpu", on_image: Callable[[], None] | None = None) -> list[GeneratedSample]:
+    """Every template × seed through `pipe`, batched per prompt; returns samples in (prompt, seed) order."""
+    import torch
+
+    out: list[GeneratedSample] = []
+    for template in templates:
+        prompt = fill_prompt(template, identifier, class_word)
+        for start in range(0, len(preset.seeds), preset.batch_size):
+            seeds = preset.seeds[start:start + preset.batch_size]
+            generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+            kwargs: dict[str, Any] = dict(prompt=[prompt] * len(seeds), generator=generators,
+                                          num_inference_steps=preset.num_inference_steps,
+                                          guidance_scale=preset.guidance_scale, height=preset.height, width=preset.width)
+            if preset.negative_prompt:
+                kwargs["negative_prompt"] = [preset.negative_prompt] * len(seeds)
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+            for seed, image in zip(seeds, images):
+                out.append(GeneratedSample(model, template, prompt, seed, image))
+                if on_image:
+                    on_image()
+    return out
+
+
+def run_kind(method: str, outputs: dict[str, Any]) -> str:
+    """`lora` when the run has a LoRA file to apply on the base, `pipeline` for DreamBooth weights."""
+    if method in ("lora", "dreambooth-lora") or ("lora" in outputs and "pipeline" not in outputs):
+        if "lora" not in outputs:
+            raise ValueError(f"the {method} run has no 'lora' output to sample (outputs: {', '.join(outputs) or 'none'})")
+        return "lora"
+    if "pipeline" not in outputs:
+        raise ValueError(f"the {method} run has no 'pipeline' output to sample (outputs: {', '.join(outputs) or 'none'})")
+    return "pipeline"
+
+
+def sample_run(method: str, outputs: dict[str, Any], base_model: str, base_model_config: str | None,
+               templates: list[str], preset: EvalPreset, identifier: str | None, class_word: str | None,
+               on_image: Callable[[], None] | None = None) -> list[GeneratedSample]:
+    """Samples of the trained model and of its base, same prompts, seeds and sampler settings."""
+    from training.models import load_base_model
+
+    device = pick_device(preset.device)
+    kind = run_kind(method, outputs)
+    base = load_base_model(base_model, base_model_config).pipeline.to(device)
+    set_scheduler(base, preset.scheduler)
+    samples = generate(base, "base", templates, preset, identifier, class_word, device, on_image)
+    if kind == "lora":
+        base.load_lora_weights(outputs["lora"]["path"], adapter_name="trained")
+        base.set_adapters(["trained"], adapter_weights=[preset.lora_scale])
+        trained = base
+    else:
+        del base
+        trained = load_base_model(outputs["pipeline"]["path"]).pipeline.to(device)
+        set_scheduler(trained, preset.scheduler)
+    samples += generate(trained, "trained", templates, preset, identifier, class_word, device, on_image)
+    return samples
