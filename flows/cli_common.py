@@ -69,5 +69,8 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        # no stdout/stderr proxies: Prefect ships the run context (sys streams included) to process workers
+        redirect_stdout=False,
+        redirect_stderr=False,
         disable=not console.is_terminal,
     )

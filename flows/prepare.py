@@ -28,6 +28,9 @@ from store.registry import ModelMissing, load_registry
 from store.step_results import MemberState, advance, apply_to_member, find_results, load_member_states, record_result
 
 _LOADED: dict[tuple[str, str], LoadedStep] = {}
+# The terminal's progress callback. Not a flow parameter nor read in the flow's body: Prefect
+# serialises both (the flow function by value) and ships them to process or Dask workers.
+_PROGRESS: list[Callable[[str, int, int], None] | None] = [None]
 _LOAD_LOCK = threading.Lock()
 
 
@@ -156,6 +159,7 @@ def plan_step(session, step: StepConfig, p_hash: str, states: list[MemberState],
 def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Callable | None = None,
                  on_progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run every step over the dataset; returns per-step counts and times (what --json prints)."""
+    on_progress = on_progress or _PROGRESS[0]
     started = time.perf_counter()
     with store.session() as session:
         ds = get_dataset(session, dataset)
@@ -220,7 +224,7 @@ def _apply(store: Store, config: PipelineConfig, states: list[MemberState], summ
 
 @flow(name="prepare", log_prints=True)
 def prepare_flow(dataset: str, pipeline: str | None = None, overrides: dict | None = None,
-                 commit_message: str | None = None, on_progress: Callable | None = None) -> dict:
+                 commit_message: str | None = None) -> dict:
     """Prefect flow: the configured steps over a dataset; summary artifact + contact sheet; optional commit.
 
     Batches run as `run-step` tasks on the flow's task runner (see `prepare`, which picks it from the config).
@@ -230,7 +234,7 @@ def prepare_flow(dataset: str, pipeline: str | None = None, overrides: dict | No
     config = load_pipeline(pipeline, overrides)
     store = open_store()
     submit = lambda step, params, blobs_url, items: run_batch_task.submit(step, params, blobs_url, items)
-    summary = run_pipeline(store, dataset, config, submit=submit, on_progress=on_progress)
+    summary = run_pipeline(store, dataset, config, submit=submit)
     summary["report"] = publish_report(store, dataset, config, summary)
     print(f"prepare {dataset}: " + ", ".join(f"{c['step']} done {c['done']} cached {c['cached']} failed {len(c['failed'])}"
                                             for c in summary["steps"]))
@@ -256,5 +260,8 @@ def prepare(dataset: str, pipeline: str | None = None, overrides: dict | None = 
             raise ValueError(f"{pipeline or 'configs/pipeline/default.yaml'}: step {step.id!r}: {error}") from None
     with open_store().session() as session:
         get_dataset(session, dataset)
-    return prepare_flow.with_options(task_runner=_task_runner(config))(
-        dataset, pipeline, overrides, commit_message, on_progress)
+    _PROGRESS[0] = on_progress
+    try:
+        return prepare_flow.with_options(task_runner=_task_runner(config))(dataset, pipeline, overrides, commit_message)
+    finally:
+        _PROGRESS[0] = None

@@ -149,3 +149,19 @@ def test_shipped_pipelines_are_valid():
     for path in sorted(Path("configs/pipeline").glob("*.yaml")):
         config = load_pipeline(path)
         assert config.steps, path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["processes", "dask"])
+def test_process_and_dask_runners_give_the_threads_results(runner, photos, prefect_harness, tmp_path, monkeypatch):
+    outcomes = {}
+    for name in ("threads", runner):
+        monkeypatch.setenv("ATELIER_HOME", str(tmp_path / name))
+        store = open_store()
+        ingest(store, [photos], "photos")
+        summary = prepare("photos", overrides={"task_runner": name, "workers": 2, "batch_size": 4})
+        assert _step(summary, "quality")["done"] == 7
+        with store.session() as session:
+            outcomes[name] = sorted((p, n, round(v, 6)) for p, n, v in session.execute(
+                select(Member.source_path, Score.name, Score.value).join(Member, Score.member_id == Member.id)))
+    assert outcomes[runner] == outcomes["threads"] and len(outcomes["threads"]) == 7 * 6
