@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-from sqlalchemy import Select, and_, case, func, not_, or_, select
+from sqlalchemy import Select, and_, case, exists, func, not_, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from store.models import Artifact, AuditEntry, Caption, Dataset, Image, Member, Score, Tag
@@ -19,6 +19,10 @@ STATUSES = ("active", "excluded", "duplicate", "all")
 TAG_STATUSES = ("suggested", "accepted", "rejected")
 SORTS = ("date", "confidence", "score")
 MAX_PER_PAGE = 200
+# a filter condition that matches at most this many rows becomes an IN list; more, a per-image EXISTS probe
+FEW_ROWS = 3000
+# grid totals above this are shown as "10,000+" (counting every match of a common tag costs too much)
+COUNT_CAP = 10_000
 
 
 class QueryError(ValueError):
@@ -159,27 +163,35 @@ def _has_face():
     return or_(Member.id.in_(faces_score), Member.image_id.in_(aligned))
 
 
-def member_conditions(dataset: int, f: GridFilter) -> list:
+def _semi(session: Session, member_col, conds: list):
+    """Members with a matching row: an IN (subquery) when few rows match — built once, cheap — and
+    a correlated EXISTS when many do, so the page query walks members in order and stops early."""
+    sub = select(member_col).where(*conds)
+    few = session.scalar(select(func.count()).select_from(sub.limit(FEW_ROWS + 1).subquery())) <= FEW_ROWS
+    return Member.id.in_(sub) if few else exists(select(1).where(member_col == Member.id, *conds))
+
+
+def member_conditions(session: Session, dataset: int, f: GridFilter) -> list:
     """WHERE clauses on Member for a dataset and a filter (used by the grid and bulk edits)."""
     conds = [Member.dataset_id == dataset]
     if f.status != "all":
         conds.append(Member.status == f.status)
     match = _tag_match(f)
     for text in f.tags_all:
-        conds.append(Member.id.in_(select(Tag.member_id).where(Tag.text == text, *match)))
+        conds.append(_semi(session, Tag.member_id, [Tag.text == text, *match]))
     if f.tags_any:
-        conds.append(Member.id.in_(select(Tag.member_id).where(Tag.text.in_(f.tags_any), *match)))
+        conds.append(_semi(session, Tag.member_id, [Tag.text.in_(f.tags_any), *match]))
     if f.tags_none:
-        conds.append(not_(Member.id.in_(select(Tag.member_id).where(Tag.text.in_(f.tags_none), *match))))
+        conds.append(not_(_semi(session, Tag.member_id, [Tag.text.in_(f.tags_none), *match])))
     if not (f.tags_all or f.tags_any) and (f.tag_source or f.tag_status):
-        conds.append(Member.id.in_(select(Tag.member_id).where(*match)))
+        conds.append(_semi(session, Tag.member_id, match))
     for name, (low, high) in f.scores.items():
         score = [Score.name == name]
         if low is not None:
             score.append(Score.value >= low)
         if high is not None:
             score.append(Score.value <= high)
-        conds.append(Member.id.in_(select(Score.member_id).where(*score)))
+        conds.append(_semi(session, Score.member_id, score))
     if f.face is not None:
         conds.append(_has_face() if f.face else not_(_has_face()))
     if f.unreviewed:
@@ -189,7 +201,7 @@ def member_conditions(dataset: int, f: GridFilter) -> list:
 
 def matching_member_ids(session: Session, dataset: int, f: GridFilter) -> list[int]:
     """Every member id the filter matches (no paging): what a bulk edit 'over the filter' covers."""
-    return list(session.scalars(select(Member.id).where(*member_conditions(dataset, f)).order_by(Member.id)))
+    return list(session.scalars(select(Member.id).where(*member_conditions(session, dataset, f)).order_by(Member.id)))
 
 
 def _ordered(query: Select, f: GridFilter) -> Select:
@@ -215,8 +227,17 @@ def _thumb_of(row) -> tuple[str, str]:
 
 def grid_page(session: Session, dataset: int, f: GridFilter) -> dict[str, Any]:
     """One page of members with their thumbnail hash, caption and chosen scores, plus the total."""
-    conds = member_conditions(dataset, f)
-    total = session.scalar(select(func.count()).select_from(Member).where(*conds))
+    conds = member_conditions(session, dataset, f)
+    simple = not (f.tags_all or f.tags_any or f.tags_none or f.tag_source or f.tag_status or f.scores
+                  or f.face is not None)
+    capped = False
+    if simple:  # status and reviewed only: an exact count is cheap
+        total = session.scalar(select(func.count()).select_from(Member).where(*conds))
+    else:
+        total = session.scalar(select(func.count()).select_from(
+            select(Member.id).where(*conds).limit(COUNT_CAP + 1).subquery()))
+        capped = total > COUNT_CAP
+        total = min(total, COUNT_CAP)
     query = (
         select(Member.id, Member.status, Member.caption, Member.revision, Member.reviewed_at,
                Member.source_path, Image.sha256.label("img_sha"), Image.ext.label("img_ext"),
@@ -239,7 +260,9 @@ def grid_page(session: Session, dataset: int, f: GridFilter) -> dict[str, Any]:
                       "source_path": r.source_path, "sha256": sha, "ext": ext,
                       "scores": scores.get(r.id, {})})
     pages = max(1, -(-total // f.per_page))
-    return {"total": total, "page": f.page, "pages": pages, "per_page": f.per_page, "items": items,
+    if capped:  # more pages exist than we counted: keep "next" while pages are full
+        pages = max(pages, f.page + (len(items) == f.per_page))
+    return {"total": total, "capped": capped, "page": f.page, "pages": pages, "per_page": f.per_page, "items": items,
             "filter": asdict(f)}
 
 
@@ -247,7 +270,7 @@ def neighbour(session: Session, dataset: int, f: GridFilter, index: int) -> int 
     """The member id at position `index` of the filtered, sorted list (for next/previous)."""
     if index < 0:
         return None
-    query = _ordered(select(Member.id).where(*member_conditions(dataset, f)), f)
+    query = _ordered(select(Member.id).where(*member_conditions(session, dataset, f)), f)
     return session.scalar(query.limit(1).offset(index))
 
 
@@ -331,9 +354,19 @@ def score_histogram(session: Session, dataset: int, name: str, bins: int = 20) -
                      for i, c in enumerate(counts)]}
 
 
-def score_names(session: Session, dataset: int) -> list[str]:
-    return list(session.scalars(select(Score.name).join(Member, Member.id == Score.member_id)
-                                .where(Member.dataset_id == dataset).distinct().order_by(Score.name)))
+def score_names(session: Session, dataset: int | None = None) -> list[str]:
+    """The names of the scores in the store (aesthetic, sharpness, ...).
+
+    Walks ix_scores_name_value one name at a time (a loose index scan): a handful of index probes
+    instead of reading every score row, so the grid page can list them cheaply at any size.
+    """
+    names: list[str] = []
+    while True:
+        query = select(func.min(Score.name))
+        found = session.scalar(query.where(Score.name > names[-1]) if names else query)
+        if found is None:
+            return names
+        names.append(found)
 
 
 def audit_entries(session: Session, *, user: str | None = None, action: str | None = None,

@@ -15,7 +15,8 @@ router = APIRouter()
 def charts_data(request: Request, dataset: str, bins: int = 20, top: int = 30) -> dict:
     with request.app.state.store.session() as session:
         ds = queries.dataset_id(session, dataset)
-        scores = [queries.score_histogram(session, ds, name, bins) for name in queries.score_names(session, ds)]
+        scores = [h for name in queries.score_names(session, ds)
+                  if (h := queries.score_histogram(session, ds, name, bins))["count"]]
         tags = queries.tag_table(session, ds, limit=top)["tags"]
     return {"dataset": dataset, "scores": scores,
             "tag_frequency": [{"text": t["text"], "count": t["count"]} for t in tags]}
