@@ -11,6 +11,8 @@
         when: "faces > 0"         # run only on images where the condition holds
       - step: aesthetic
         exclude_when: ["aesthetic < 4.5"]
+      - step: tag
+        accept_above: 0.9         # confident tags go straight into versions; the rest wait for review
 
 `when` conditions read facts of the image as it reaches the step: width, height, short_side,
 long_side, aspect_ratio (long / short side, ≥ 1), faces (count found by align), and any score
@@ -66,6 +68,8 @@ class StepConfig(BaseModel):
     model: str | None = None
     when: list[Condition] = Field(default_factory=list)  # all must hold
     exclude_when: list[Rule] = Field(default_factory=list)
+    # tag steps: suggestions at least this confident are accepted without review (None: all wait for a curator)
+    accept_above: float | None = Field(None, ge=0, le=1)
 
     @field_validator("step")
     @classmethod

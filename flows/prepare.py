@@ -210,6 +210,7 @@ def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Cal
 def _apply(store: Store, config: PipelineConfig, states: list[MemberState], summary: dict) -> dict:
     excluded = 0
     by_step = {c["step"]: c for c in summary["steps"]}
+    accept = {s.id: s.accept_above for s in config.steps if s.accept_above is not None}
     with store.session() as session:
         for state in states:
             reason = None
@@ -218,7 +219,7 @@ def _apply(store: Store, config: PipelineConfig, states: list[MemberState], summ
                     if reason is None and (reason := rule.excludes(state.scores)):
                         by_step[step.id]["excluded"] += 1
             excluded += reason is not None
-            apply_to_member(session, state, reason)
+            apply_to_member(session, state, reason, accept)
     return {"excluded": excluded, "failed_members": sum(1 for s in states if s.failed)}
 
 

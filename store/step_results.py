@@ -7,10 +7,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from store.models import Artifact, Image, Member, StepResult
+from store.models import Artifact, Image, Member, StepResult, Tag
 from store.tags import apply_caption, apply_model_tags, apply_scores
 
 RULE_PREFIX = "rule: "  # exclusions made by pipeline rules start with this; a curator's do not
@@ -115,7 +115,8 @@ def advance(state: MemberState, row: StepResult, step_id: str, session: Session)
     state.results[step_id] = row.id
 
 
-def apply_to_member(session: Session, state: MemberState, exclusion: str | None) -> dict[str, int]:
+def apply_to_member(session: Session, state: MemberState, exclusion: str | None,
+                    accept_above: dict[str, float] | None = None) -> dict[str, int]:
     """Write a member's pipeline outcome: newest artifact, new tags/caption/scores, rule exclusion.
 
     Only results not applied before are written, so a re-run changes nothing and a tag a
@@ -132,6 +133,10 @@ def apply_to_member(session: Session, state: MemberState, exclusion: str | None)
         source = f"model:{output.get('model_id') or row.backend}"
         if output.get("tags") is not None:
             apply_model_tags(session, member.id, source, [_Suggestion(**t) for t in output["tags"]])
+            if (threshold := (accept_above or {}).get(step_id)) is not None:
+                session.execute(update(Tag).where(Tag.member_id == member.id, Tag.source == source,
+                                                  Tag.status == "suggested", Tag.confidence >= threshold)
+                                .values(status="accepted", updated_by=f"auto:{step_id}"))
             counts["tags"] += 1
         if output.get("caption"):
             apply_caption(session, member.id, output["caption"], source)

@@ -53,7 +53,8 @@ def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tm
     store = photos_dataset
     config = {"name": "tagging", "batch_size": 3, "steps": [
         {"step": "quality"},
-        {"step": "tag", "model": str(tiny_wd14), "params": {"general_threshold": 0.5, "character_threshold": 0.85}},
+        {"step": "tag", "model": str(tiny_wd14), "params": {"general_threshold": 0.5, "character_threshold": 0.85},
+         "accept_above": 0.91},
     ]}
     path = _write(tmp_path, "tagging.yaml", config)
     first = prepare("photos", path)
@@ -64,6 +65,9 @@ def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tm
         assert "1girl" in tags and tags["1girl"].source.startswith("model:") and tags["1girl"].status == "suggested"
         assert "kaname madoka" in tags and "hatsune miku" not in tags  # character threshold 0.85
         assert "long hair" not in tags  # 0.45 < 0.5
+        # accept_above: only the confident suggestions are accepted without review
+        assert tags["kaname madoka"].status == "accepted" and tags["kaname madoka"].updated_by == "auto:tag"
+        assert tags["star \\(symbol\\)"].status == "suggested"
         # a curator accepts one suggestion and rejects another
         tags["1girl"].status, tags["1girl"].updated_by = "accepted", "ana"
         tags["solo"].status = "rejected"
