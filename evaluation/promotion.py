@@ -177,11 +177,12 @@ def rollback(store: Store, slot_name: str, slot: Slot, user: str = "cli") -> dic
         if len(history) < 2:
             raise LookupError(f"slot {slot_name!r} has no earlier champion than run {current.run_id}")
         run_id, evaluation_id = history[-2]
+        replaced = current.run_id
         path = _install(session, store, slot_name, slot, run_id, evaluation_id)
-        reason = f"rolled back by {user}: run {current.run_id} → run {run_id}"
+        reason = f"rolled back by {user}: run {replaced} → run {run_id}"
         _record(session, slot_name, "rollback", reason, {"published_path": path, "challenger_evaluation_id": evaluation_id},
-                run_id, current.run_id, user)
-        return {"slot": slot_name, "run_id": run_id, "replaced_run_id": current.run_id, "published_path": path,
+                run_id, replaced, user)
+        return {"slot": slot_name, "run_id": run_id, "replaced_run_id": replaced, "published_path": path,
                 "reason": reason}
 
 
