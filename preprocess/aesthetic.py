@@ -52,7 +52,7 @@ def build_head(state: dict, where: str):
     return head.eval()
 
 
-@register("aesthetic")
+@register("aesthetic", params=AestheticParams)
 def load_aesthetic(params: dict, registry) -> LoadedStep:
     """Aesthetic score 1–10 per image (the head's raw output, clamped; raw value in meta)."""
     parsed: AestheticParams = validate_params(AestheticParams, params, "aesthetic")

@@ -110,7 +110,7 @@ def align_image(rgb: np.ndarray, faces: list[Face], p: AlignParams) -> tuple[np.
     return np.ascontiguousarray(rgb[y0:y1, x0:x1]), meta
 
 
-@register("align")
+@register("align", params=AlignParams)
 def load_align(params: dict, registry) -> LoadedStep:
     """Load the face detector (RetinaFace from local weights, or the OpenCV cascade fallback)."""
     p = validate_params(AlignParams, params, "align")

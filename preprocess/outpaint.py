@@ -98,7 +98,7 @@ def load_inpainting_pipeline(folder):
     return pipe.to("cuda" if cuda else "cpu")
 
 
-@register("outpaint")
+@register("outpaint", params=OutpaintParams)
 def load_outpaint(params: dict, registry) -> LoadedStep:
     """Load the inpainting pipeline from its local folder, or the OpenCV fallback."""
     import torch

@@ -80,7 +80,7 @@ def restore_faces(rgb: np.ndarray, faces: list[Face], restore_face, blend: float
     return np.clip(result + 0.5, 0, 255).astype(np.uint8), done
 
 
-@register("restore")
+@register("restore", params=RestoreParams)
 def load_restore(params: dict, registry) -> LoadedStep:
     """Load GFPGAN or CodeFormer (spandrel, safe weights) and, for items without faces, a detector."""
     import torch

@@ -191,7 +191,7 @@ def load_deepdanbooru(path: Path) -> Callable[[list[Image.Image]], list[RawScore
     return infer
 
 
-@register("tag")
+@register("tag", params=TagParams)
 def load_tagger(params: dict, registry) -> LoadedStep:
     """Tag suggestions with confidences, post-processed (see preprocess.tag_postprocess)."""
     parsed: TagParams = validate_params(TagParams, params, "tag")
@@ -221,7 +221,7 @@ def pick_device(choice: str) -> str:
     return "cuda" if choice == "auto" and torch.cuda.is_available() else ("cpu" if choice == "auto" else choice)
 
 
-@register("caption")
+@register("caption", params=CaptionParams)
 def load_captioner(params: dict, registry) -> LoadedStep:
     """A natural-language caption from a BLIP-style transformers folder (BlipForConditionalGeneration)."""
     parsed: CaptionParams = validate_params(CaptionParams, params, "caption")

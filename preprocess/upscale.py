@@ -53,7 +53,7 @@ def target_size(width: int, height: int, target: int) -> tuple[int, int]:
     return max(target, round(width * factor)), max(target, round(height * factor))
 
 
-@register("upscale")
+@register("upscale", params=UpscaleParams)
 def load_upscale(params: dict, registry) -> LoadedStep:
     """Load Real-ESRGAN through spandrel (safe weights), or the Lanczos fallback."""
     import cv2

@@ -73,10 +73,7 @@ def record_result(session: Session, state: MemberState, step: str, params: dict,
                   backend: str, model_id: str | None, model_hash: str, result: dict) -> StepResult:
     """Record one computed result (and its artifact); replaces an earlier failure with the same key."""
     key = dict(input_sha256=state.sha, step=step, params_hash=params_hash, model_hash=model_hash)
-    row = session.scalar(select(StepResult).filter_by(**key))
-    if row is None:
-        row = StepResult(**key)
-        session.add(row)
+    row = session.scalar(select(StepResult).filter_by(**key)) or StepResult(**key)
     artifact_id = None
     if result["status"] == "done" and result.get("artifact"):
         made = result["artifact"]
@@ -93,6 +90,7 @@ def record_result(session: Session, state: MemberState, step: str, params: dict,
     row.backend = backend
     row.error = result.get("error")
     row.seconds = float(result.get("seconds", 0.0))
+    session.add(row)
     session.flush()
     return row
 

@@ -36,17 +36,43 @@ def _write(tmp_path: Path, name: str, config: dict) -> str:
 def test_default_pipeline_end_to_end_then_a_rerun_does_nothing(photos_dataset):
     store = photos_dataset
     first = prepare("photos")
-    quality = _step(first, "quality")
-    assert quality["done"] == 7 and quality["cached"] == 0 and quality["failed"] == []
+    assert [c["step"] for c in first["steps"]] == ["align", "upscale", "quality"]
+    assert _step(first, "align")["done"] == 7 and _step(first, "align")["backend"] == "opencv-cascade"
+    # messi5 (342 px), HappyFish (194) and ellipses (400) are below 512 on the short side
+    upscale = _step(first, "upscale")
+    assert upscale["done"] == 3 and upscale["not_applicable"] == 4 and upscale["backend"] == "lanczos"
+    assert _step(first, "quality")["done"] == 7 and _step(first, "quality")["failed"] == []
     with store.session() as session:
+        from store.models import Artifact
+
         sharpness = session.scalars(select(Score.value).where(Score.name == "sharpness")).all()
         assert len(sharpness) == 7 and all(v > 0 for v in sharpness)
+        faces = dict(session.execute(select(Member.source_path, Score.value).join(Score, Score.member_id == Member.id)
+                                     .where(Score.name == "faces")).all())
+        assert faces["messi5.jpg"] == 1.0 and faces["leuvenB.jpg"] == 0.0
+        upscaled = dict(session.execute(select(Member.source_path, Artifact).join(
+            Artifact, Member.current_artifact_id == Artifact.id)).all())
+        assert set(upscaled) == {"messi5.jpg", "HappyFish.jpg", "ellipses.jpg"}
+        assert min(upscaled["messi5.jpg"].width, upscaled["messi5.jpg"].height) == 512
+        assert upscaled["messi5.jpg"].step == "upscale" and upscaled["messi5.jpg"].backend == "lanczos"
     report = first["report"]
-    assert "| quality |" in report["markdown"] and Path(report["contact_sheet"]).exists()
+    assert "| upscale | lanczos | 3 | 0 | 4 |" in report["markdown"] and Path(report["contact_sheet"]).exists()
 
     again = prepare("photos", commit_message="prepared")
-    assert _step(again, "quality")["done"] == 0 and _step(again, "quality")["cached"] == 7
+    assert all(c["done"] == 0 for c in again["steps"])  # zero step executions
+    assert [c["cached"] for c in again["steps"]] == [7, 3, 7]
     assert again["version"]["number"] == 1 and again["version"]["entries"] == 7
+
+
+def test_a_changed_parameter_reruns_that_step_and_the_ones_after(photos_dataset):
+    prepare("photos")
+    changed = prepare("photos", overrides={"upscale": {"target": 640, "when": "short_side < 640"}})
+    align, upscale, quality = changed["steps"]
+    assert align["done"] == 0 and align["cached"] == 7
+    assert upscale["done"] == 4 and upscale["cached"] == 0  # leuvenB (563 px) now qualifies too
+    assert quality["done"] == 4 and quality["cached"] == 3  # new images after upscale; the rest unchanged
+    back = prepare("photos")  # the old parameters: everything is still cached
+    assert [c["done"] for c in back["steps"]] == [0, 0, 0]
 
 
 def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tmp_path):
@@ -117,13 +143,15 @@ def test_a_failing_image_fails_alone(photos_dataset):
         summary = prepare("photos")
     finally:
         blob.write_bytes(saved)
-    quality = _step(summary, "quality")
-    assert quality["done"] == 6
-    assert [f["path"] for f in quality["failed"]] == ["leuvenB.jpg"]
-    assert "cannot read input" in quality["failed"][0]["reason"]
+    align = _step(summary, "align")
+    assert align["done"] == 6
+    assert [f["path"] for f in align["failed"]] == ["leuvenB.jpg"]
+    assert "cannot read input" in align["failed"][0]["reason"]
+    assert _step(summary, "quality")["done"] == 6  # the failed image goes no further; the rest do
     assert summary["applied"]["failed_members"] == 1
     # the failure is recorded, and the next run tries that image again (and only it)
     again = prepare("photos")
+    assert _step(again, "align")["done"] == 1 and _step(again, "align")["cached"] == 6
     assert _step(again, "quality")["done"] == 1 and _step(again, "quality")["cached"] == 6
 
 

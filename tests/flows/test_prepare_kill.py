@@ -77,6 +77,7 @@ def test_kill_minus_nine_then_rerun_gives_the_uninterrupted_state(tmp_path, phot
     _make_photos(src, photos)
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({"name": "kill", "batch_size": 2, "workers": 1, "steps": [
+        {"step": "upscale", "params": {"target": 512}, "when": "short_side < 512"},  # the 270 px MilkyWay crops
         {"step": "quality"},
         {"step": "tag", "model": str(tiny_wd14), "params": {"general_threshold": 0.4}},
     ]}))
@@ -89,7 +90,7 @@ def test_kill_minus_nine_then_rerun_gives_the_uninterrupted_state(tmp_path, phot
     finally:
         os.environ.pop("ATELIER_HOME")
     expected = _snapshot(reference)
-    assert len(expected["results"]) == 48
+    assert len(expected["results"]) == 8 + 24 + 24
 
     killed_home = tmp_path / "killed"
     killed = _store_for(killed_home)
@@ -97,7 +98,7 @@ def test_kill_minus_nine_then_rerun_gives_the_uninterrupted_state(tmp_path, phot
     env = {**os.environ, "ATELIER_HOME": str(killed_home), "PREFECT_API_URL": PREFECT_API_URL.value()}
     engine = create_engine(f"sqlite:///{killed_home / 'atelier.db'}")
     kills = 0
-    for threshold in (2, 14, 30):
+    for threshold in (2, 16, 36):
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "prepare", "crops", "--pipeline", str(pipeline)],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
@@ -111,7 +112,7 @@ def test_kill_minus_nine_then_rerun_gives_the_uninterrupted_state(tmp_path, phot
         proc.wait(timeout=30)
     assert kills >= 2, "the flow finished before it could be killed; make the workload larger"
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM step_results")).scalar() < 48 or kills < 3
+        assert connection.execute(text("SELECT count(*) FROM step_results")).scalar() < 56 or kills < 3
     _check_integrity(killed)
 
     final = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "crops", "--pipeline", str(pipeline), "--json"],
