@@ -100,7 +100,8 @@ def run_train(store: Store, dataset: str, version: int | None, config: dict | st
         job = {"config": cfg.model_dump(mode="json"), "data_dir": str(output_dir / "data"),
                "output_dir": str(output_dir), "dataset": {"name": dataset, "version": number,
                                                          "manifest_sha256": export["manifest_sha256"]},
-               "cache_dir": str(store.settings.cache_dir), "stop_at_step": stop_at_step}
+               "cache_dir": str(store.settings.cache_dir), "stop_at_step": stop_at_step,
+               "base_model_path": str(base.path), "base_model_hash": base.sha256}
         (output_dir / "job.json").write_text(json.dumps(job, indent=2))
         with store.session() as session:
             session.get(TrainingRun, run_id).status = "running"

@@ -27,9 +27,14 @@ def main(argv: list[str]) -> int:
 
     try:
         config = validate_config(job["config"], argv[0])
+        base = None
+        if job.get("base_model_path"):  # resolved by the flow: the worker needs no registry of its own
+            from store.registry import ResolvedModel
+
+            base = ResolvedModel(config.base_model, "sd-base", Path(job["base_model_path"]), job["base_model_hash"])
         result = run_training(config, Path(job["data_dir"]), Path(job["output_dir"]), dataset=job.get("dataset"),
                               cache_dir=Path(job["cache_dir"]) if job.get("cache_dir") else None,
-                              stop_at_step=job.get("stop_at_step"), log=log)
+                              stop_at_step=job.get("stop_at_step"), base_model=base, log=log)
     except Exception as error:  # the flow records this line as the run's error
         import traceback
 

@@ -81,8 +81,11 @@ def diffusion_loss(model, unet, scheduler, config: TrainConfig, latents, prompts
 
 def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, dataset: dict[str, Any] | None = None,
                  cache_dir: Path | None = None, stop_at_step: int | None = None, resume: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and export; `stop_at_step` stops early after a checkpoint (used to test resume)."""
+                 base_model=None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and export; `stop_at_step` stops early after a checkpoint (used to test resume).
+
+    base_model: an already resolved store.registry.ResolvedModel (else config.base_model is resolved here).
+    """
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, cast_training_params
@@ -108,7 +111,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
 
     # --- model ----------------------------------------------------------------------------
     torch.manual_seed(config.seed)
-    model = load_base_model(config.base_model, config.base_model_config, config.model_family)
+    model = load_base_model(config.base_model, config.base_model_config, config.model_family, resolved=base_model)
     pipe, unet, vae = model.pipeline, model.pipeline.unet, model.pipeline.vae
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     vae.requires_grad_(False)
@@ -209,6 +212,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     # --- loop -----------------------------------------------------------------------------
     samples: list[dict] = []
     timed_steps, started = 0, time.perf_counter()
+    first_step_done = started
     epoch_cache: dict[int, list[list[int]]] = {}
     for step in range(start_step, config.max_train_steps):
         total = 0.0
@@ -249,6 +253,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             ema.step(trainable)
         done = step + 1
         timed_steps += 1
+        if timed_steps == 1:  # the first step also encodes latents and warms kernels up
+            first_step_done = time.perf_counter()
         loss_history.append(total)
         if writer:
             writer.add_scalar("train/loss", total, done)
@@ -264,6 +270,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             log(f"stopped at step {done} as asked (stop_at_step)")
             return {"status": "stopped", "step": done}
     seconds = time.perf_counter() - started
+    steady = (time.perf_counter() - first_step_done) / (timed_steps - 1) if timed_steps > 1 else seconds
 
     # --- outputs --------------------------------------------------------------------------
     if ema:
@@ -279,7 +286,9 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     metrics = {
         "steps": config.max_train_steps, "first_loss": sum(head) / len(head), "final_loss": sum(tail) / len(tail),
         "loss_history": loss_history[:: max(1, len(loss_history) // 50)],
-        "seconds_per_step": seconds / max(1, timed_steps), "images": len(examples), "device": device.type,
+        "seconds_per_step": seconds / max(1, timed_steps), "seconds_per_step_steady": steady,
+        "images": len(examples), "device": device.type,
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "latent_cache": {"hits": latents_cache.hits, "misses": latents_cache.misses}, "notes": notes,
     }
     if writer:

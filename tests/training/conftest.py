@@ -1,4 +1,8 @@
-"""Training fixtures: the tiny SD built once per session, and a kohya-layout folder of real photos."""
+"""Training fixtures: the tiny SD built once, and a kohya-layout folder of real photos.
+
+Package-scoped, under one-thread torch: on a CPU shared by several test runs, torch's default
+thread pool spins against the other processes and a tiny training step goes from ~0.1 s to ~2 s.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,39 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package", autouse=True)
+def one_cpu_thread():
+    """torch (and training subprocesses, through OMP_NUM_THREADS) on one thread while these tests run."""
+    import os
+
+    import torch
+
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="package")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     from tests.tiny_models.sd import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_sd_file(tiny_sd_dir) -> Path:
     from tests.tiny_models.sd import build_tiny_sd_single_file
 
     return build_tiny_sd_single_file(tiny_sd_dir.parent)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kohya_folder(tmp_path_factory, photos) -> Path:
     """`3_sks dog/` with three real photos of different aspect ratios and tag captions."""
     root = tmp_path_factory.mktemp("kohya")
@@ -46,7 +68,7 @@ def tiny_config(base_model, **fields) -> dict:
             "checkpointing_steps": 1000, "identifier": "sks", "class_word": "dog", **fields}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lora_run(tiny_sd_dir, kohya_folder, tmp_path_factory):
     """One LoRA run (UNet + text encoder) of 4 steps on three real photos, with validation samples."""
     from training.config import load_config

@@ -84,8 +84,7 @@ def test_loss_falls_over_50_steps_on_one_image(tiny_sd_dir, photos, tmp_path):
         assert any("no GPU" in note for note in result["metrics"]["notes"])  # bf16 asked for, fp32 used
 
 
-@pytest.mark.parametrize("family_file", ["single"])
-def test_training_from_a_single_file_checkpoint(tiny_sd_dir, tiny_sd_file, kohya_folder, tmp_path, family_file):
+def test_training_from_a_single_file_checkpoint(tiny_sd_dir, tiny_sd_file, kohya_folder, tmp_path):
     from training.config import load_config
     from training.models import BaseModelError
     from training.train import run_training

@@ -1,0 +1,161 @@
+"""Training speed: seconds per step and peak memory, through the real training code (training.train).
+
+  .venv/bin/python bench/train.py [--steps 20] [--threads 1] [--gpu-steps 30] [--diffusers-script PATH/train_dreambooth_lora.py]
+
+On a CPU shared with other work, pass --threads 1: torch's thread pool spinning against other
+processes made a tiny step ~20× slower (2.3 s instead of 0.11 s) on the 2-core build machine.
+
+CPU: the tiny SD of the tests (UNet 32/64 channels) at 64 px, LoRA batch 1 and 4, DreamBooth batch 1.
+GPU (when CUDA is present): an SD 1.5-sized pipeline with random weights (UNet 320–1280 channels,
+CLIP ViT-L-sized text encoder, SD VAE) at 512 px, LoRA rank 4, batch 1 and 4, bf16, gradient
+checkpointing; and, given --diffusers-script, the same settings through diffusers' own DreamBooth
+LoRA example (wall time for the same number of steps, start-up included on both sides).
+Figures are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PHOTOS = ROOT / "tests" / "fixtures" / "photos"
+
+
+def kohya_folder(root: Path, names=("messi5.jpg", "HappyFish.jpg", "leuvenB.jpg", "MilkyWay_1080x1920.png")) -> Path:
+    folder = root / "data" / "1_sks dog"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(PHOTOS / name, folder / name)
+        (folder / name).with_suffix(".txt").write_text("sks dog, photo")
+    return root / "data"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(base: Path, data: Path, work: Path, label: str, **fields) -> dict:
+    from training.config import load_config
+    from training.train import run_training
+
+    config = load_config({"base_model": str(base), "report_to": "none", "checkpointing_steps": 10**6,
+                          "identifier": "sks", "class_word": "dog", **fields})
+    out = work / label.replace(" ", "-")
+    wall = time.perf_counter()
+    result = run_training(config, data, out, cache_dir=work / "cache", log=lambda line: None)
+    wall = time.perf_counter() - wall
+    m = result["metrics"]
+    row = {"run": label, "s/step": round(m["seconds_per_step_steady"], 4),
+           "images/s": round(config.train_batch_size / m["seconds_per_step_steady"], 2), "wall_s": round(wall, 1),
+           "peak_rss_mb": round(peak_rss_mb()), "peak_gpu_gb": m["peak_gpu_memory_gb"] and round(m["peak_gpu_memory_gb"], 2)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def build_sd15_sized(folder: Path) -> Path:
+    """A StableDiffusionPipeline with SD 1.5's architecture and random weights (no download)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from tests.tiny_models.sd import _tokenizer_folder
+
+    if (folder / "model_index.json").exists():
+        return folder
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # defaults = SD 1.5's UNet
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=512)
+    tokenizer = CLIPTokenizer.from_pretrained(_tokenizer_folder(folder.parent / "tokenizer-src"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                                num_hidden_layers=12, vocab_size=49408, projection_dim=768,
+                                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True)
+    StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                            safety_checker=None, feature_extractor=None, requires_safety_checker=False
+                            ).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def run_diffusers_example(script: Path, base: Path, data: Path, work: Path, batch: int, steps: int) -> dict:
+    """Wall time of diffusers' train_dreambooth_lora.py with the same settings (start-up included)."""
+    out = work / f"diffusers-b{batch}"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--mixed_precision", "bf16",
+               str(script), "--pretrained_model_name_or_path", str(base), "--instance_data_dir", str(data / "1_sks dog"),
+               "--instance_prompt", "sks dog", "--resolution", "512", "--train_batch_size", str(batch),
+               "--max_train_steps", str(steps), "--learning_rate", "1e-4", "--rank", "4", "--mixed_precision", "bf16",
+               "--gradient_checkpointing", "--output_dir", str(out), "--seed", "0", "--checkpointing_steps", "1000000"]
+    wall = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - wall
+    row = {"run": f"diffusers example LoRA b{batch}", "wall_s": round(wall, 1), "rc": done.returncode}
+    if done.returncode:
+        row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1][:300]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--gpu-steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--diffusers-script", type=Path, help="path to diffusers' examples/dreambooth/train_dreambooth_lora.py")
+    args = parser.parse_args()
+
+    import torch
+
+    from tests.tiny_models.sd import build_tiny_sd
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    work = Path(tempfile.mkdtemp(prefix="atelier-bench-train-"))
+    try:
+        data = kohya_folder(work)
+        tiny = build_tiny_sd(work)
+        print(f"# CPU, tiny SD (UNet 32/64), 64 px, {args.steps} steps, torch threads {torch.get_num_threads()}")
+        small = {"resolution": 64, "enable_bucket": False, "max_train_steps": args.steps}
+        b1 = measure(tiny, data, work, "tiny LoRA b1", train_batch_size=1, **small)
+        b4 = measure(tiny, data, work, "tiny LoRA b4", train_batch_size=4, **small)
+        measure(tiny, data, work, "tiny LoRA b4 +grad-ckpt +min-SNR +EMA", train_batch_size=4, gradient_checkpointing=True,
+                snr_gamma=5.0, use_ema=True, **small)
+        db = measure(tiny, data, work, "tiny DreamBooth b1", method="dreambooth", train_batch_size=1, **small)
+        print(f"# ratios: LoRA images/s b4 / b1 = {b4['images/s'] / b1['images/s']:.2f}; "
+              f"DreamBooth s/step / LoRA s/step (b1) = {db['s/step'] / b1['s/step']:.2f}")
+        if not torch.cuda.is_available():
+            print("# GPU: no CUDA device here — the SD 1.5-sized 512 px bf16 runs (batch 1 and 4) and the diffusers "
+                  "example comparison are skipped; run this script on a GPU machine for them")
+            return
+        print(f"# GPU {torch.cuda.get_device_name()}: SD 1.5-sized UNet, random weights, 512 px, bf16, {args.gpu_steps} steps")
+        sd15 = build_sd15_sized(work / "sd15-random")
+        big = {"resolution": 512, "enable_bucket": False, "max_train_steps": args.gpu_steps, "mixed_precision": "bf16",
+               "gradient_checkpointing": True, "rank": 4}
+        rows = [measure(sd15, data, work, f"SD1.5-size LoRA b{b}", train_batch_size=b, **big) for b in (1, 4)]
+        print(f"# ratio: images/s b4 / b1 = {rows[1]['images/s'] / rows[0]['images/s']:.2f}")
+        if args.diffusers_script:
+            for batch, ours in zip((1, 4), rows):
+                theirs = run_diffusers_example(args.diffusers_script, sd15, data, work, batch, args.gpu_steps)
+                if not theirs["rc"]:
+                    print(f"# b{batch}: atelier wall {ours['wall_s']} s vs diffusers example {theirs['wall_s']} s "
+                          f"(ratio {ours['wall_s'] / theirs['wall_s']:.2f})")
+        else:
+            print("# diffusers example comparison skipped: pass --diffusers-script PATH/train_dreambooth_lora.py")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

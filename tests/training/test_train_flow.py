@@ -1,0 +1,74 @@
+"""Given a committed dataset version, `atelier train` and the train flow record a training run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.training.conftest import tiny_config
+
+
+@pytest.fixture
+def committed(atelier_env, photos, tmp_path, tiny_sd_dir, monkeypatch):
+    """dogs@1: three real photos ingested and committed; the tiny SD installed as registry name `sd15`."""
+    from flows.ingest import ingest
+    from store.datasets import get_or_create_dataset
+    from store.db import Store
+    from store.versions import commit_version
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_sd_dir, models / "stable-diffusion-v1-5")
+    monkeypatch.setenv("ATELIER_MODELS", str(models))
+    sources = tmp_path / "src"
+    sources.mkdir()
+    for name in ("messi5.jpg", "HappyFish.jpg", "MilkyWay_1080x1920.png"):
+        shutil.copy(photos / name, sources / name)
+    store = Store()
+    with store.session() as session:
+        get_or_create_dataset(session, "dogs", identifier="sks", class_word="dog", repeats=2)
+    ingest(store, [sources], "dogs")
+    assert commit_version(store, "dogs", "first").number == 1
+    yield store
+    store.dispose()
+
+
+def test_cli_train_on_a_version_records_a_succeeded_run(committed, tmp_path):
+    from store.models import TrainingRun
+    from store.registry import file_hash
+    from training.export import sha256_file
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(yaml.safe_dump(tiny_config("sd15", max_train_steps=5)))
+    result = CliRunner().invoke(app, ["train", "dogs@1", "--config", str(preset), "--set", "rank=2", "--no-flow", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "succeeded" and summary["metrics"]["steps"] == 5
+    assert "step 5/5" in result.stderr  # progress streamed from the training process
+    lora = summary["outputs"]["lora"]
+    assert sha256_file(lora["path"]) == lora["sha256"]
+    with committed.session() as session:
+        run = session.get(TrainingRun, summary["run_id"])
+        assert run.method == "lora" and run.base_model == "sd15" and run.finished_at is not None
+        assert run.config["rank"] == 2 and run.config["identifier"] == "sks" and run.config["seed"] == 0
+        assert run.base_model_hash == file_hash(committed.settings.models_dir / "stable-diffusion-v1-5")
+    exported = Path(run.output_dir) / "data"  # the version, exported in the kohya layout
+    assert [p.name for p in exported.iterdir() if p.is_dir()] == ["2_sks dog"]
+
+
+@pytest.mark.slow
+def test_train_flow_records_a_failure_without_crashing(committed, tiny_sd_dir, tmp_path, prefect_harness):
+    from flows.train import train_flow
+    from store.models import TrainingRun
+
+    broken = tmp_path / "broken-sd"
+    shutil.copytree(tiny_sd_dir, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    run_id = train_flow("dogs", 1, tiny_config(broken, max_train_steps=2), raise_on_failure=False)
+    with committed.session() as session:
+        run = session.get(TrainingRun, run_id)
+        assert run.status == "failed" and run.error and "training failed" not in run.error
+        assert run.flow_run_id and run.outputs == {}
