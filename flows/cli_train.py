@@ -16,37 +16,47 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    ref: str = typer.Argument(..., help="dataset version to train on: NAME@N (NAME alone: the newest version)"),
-    config: Path = typer.Option(..., "--config", "-c", help="preset, e.g. configs/train/lora-sd15.yaml"),
+    ref: Optional[str] = typer.Argument(None, help="dataset version to train on: NAME@N (NAME alone: the newest version)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="preset, e.g. configs/train/lora-sd15.yaml"),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="override a config field: key=value (repeatable)"),
-    stop_at_step: Optional[int] = typer.Option(None, help="stop after this step's checkpoint (to resume later)"),
+    resume: Optional[int] = typer.Option(None, "--resume", help="continue training run RUN_ID from its last checkpoint"),
+    stop_at_step: Optional[int] = typer.Option(None, help="stop after this step's checkpoint (resume later)"),
     no_flow: bool = typer.Option(False, "--no-flow", help="run without Prefect (plain function)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
     """Train LoRA / DreamBooth on a dataset version in a subprocess and record the training run."""
-    from flows.train import TrainingFailed, run_train, train_flow
+    from flows.train import TrainingFailed, create_run, execute_run, train_flow
     from store.datasets import parse_version_ref
     from store.db import open_store
     from store.models import TrainingRun
     from store.registry import ModelMissing
     from training.config import ConfigError
 
-    try:
-        dataset, version = parse_version_ref(ref)
-    except ValueError as error:
-        fail(str(error))
-    overrides = parse_sets(sets)
+    if resume is None and (ref is None or config is None):
+        fail("give NAME@N and --config PRESET, or --resume RUN_ID")
+    if resume is not None and (config is not None or sets):
+        fail("--resume continues a run with its recorded config: drop --config/--set")
+
+    def log(line: str) -> None:
+        console.print(line, highlight=False)
+
     try:
         store = open_store()
-        if no_flow or stop_at_step:
-            run_id = run_train(store, dataset, version, config, overrides, log=lambda line: console.print(line, highlight=False),
-                               stop_at_step=stop_at_step)
+        if resume is not None:
+            run_id = execute_run(store, resume, log=log, stop_at_step=stop_at_step) if no_flow or stop_at_step \
+                else train_flow(None, None, {}, resume_run=resume)
         else:
-            run_id = train_flow(dataset, version, str(config), overrides)
+            dataset, version = parse_version_ref(ref)
+            overrides = parse_sets(sets)
+            if no_flow or stop_at_step:
+                run_id = create_run(store, dataset, version, config, overrides, log=log)
+                run_id = execute_run(store, run_id, log=log, stop_at_step=stop_at_step)
+            else:
+                run_id = train_flow(dataset, version, str(config), overrides)
     except TrainingFailed as error:
         emit({"run_id": error.run_id, "status": "failed", "error": error.reason}, as_json)
         fail(str(error))
-    except (ConfigError, ModelMissing, LookupError, ValueError) as error:
+    except (ConfigError, ModelMissing, LookupError, ValueError, FileExistsError) as error:
         fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     with store.session() as session:
         row = session.get(TrainingRun, run_id)
@@ -55,7 +65,8 @@ def train(
                   "outputs": row.outputs, "error": row.error}
     emit(result, as_json)
     if not as_json:
-        console.print(f"run {run_id}: {result['status']} — outputs in {result['output_dir']}")
+        console.print(f"run {run_id}: {result['status']}{' — ' + result['error'] if result['error'] else ''}; "
+                      f"outputs in {result['output_dir']}", highlight=False)
 
 
 def merge(

@@ -60,10 +60,10 @@ def failure_reason(code: int, tail: list[str]) -> str:
     return f"the training process exited with code {code}: {tail[-1] if tail else 'no output'}"
 
 
-def run_train(store: Store, dataset: str, version: int | None, config: dict | str | Path,
-              overrides: dict[str, Any] | None = None, *, log: Callable[[str], None] = print,
-              stop_at_step: int | None = None, flow_run_id: str | None = None, raise_on_failure: bool = True) -> int:
-    """Plain-Python train (no Prefect): returns the TrainingRun id; its status says how it went."""
+def create_run(store: Store, dataset: str, version: int | None, config: dict | str | Path,
+               overrides: dict[str, Any] | None = None, flow_run_id: str | None = None,
+               log: Callable[[str], None] = print) -> int:
+    """Validate the config, resolve the base model, record a queued TrainingRun and export its data."""
     from store.datasets import get_dataset
     from store.models import TrainingRun
     from store.versions import export_version, get_version
@@ -87,56 +87,90 @@ def run_train(store: Store, dataset: str, version: int | None, config: dict | st
         output_dir = store.settings.home / "runs" / f"{run_id:05d}-{dataset}-v{number}-{cfg.method}"
         run.output_dir = str(output_dir)
     log(f"training run {run_id}: {cfg.method} on {dataset}@{number}, base {cfg.base_model} ({base.short_hash})")
-
-    def finish(**fields) -> None:
-        with store.session() as session:
-            row = session.get(TrainingRun, run_id)
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.finished_at = datetime.now(timezone.utc)
-
     try:
         export = export_version(store, dataset, number, "kohya", output_dir / "data", force=True)
-        job = {"config": cfg.model_dump(mode="json"), "data_dir": str(output_dir / "data"),
-               "output_dir": str(output_dir), "dataset": {"name": dataset, "version": number,
-                                                         "manifest_sha256": export["manifest_sha256"]},
-               "cache_dir": str(store.settings.cache_dir), "stop_at_step": stop_at_step,
-               "base_model_path": str(base.path), "base_model_hash": base.sha256}
-        (output_dir / "job.json").write_text(json.dumps(job, indent=2))
-        with store.session() as session:
-            session.get(TrainingRun, run_id).status = "running"
-        code, tail = stream_process([*launcher(), str(output_dir / "job.json")], log)
     except Exception as error:
-        code, tail = 1, [f"training failed: {type(error).__name__}: {error}"]
+        _finish(store, run_id, status="failed", error=f"export of {dataset}@{number} failed: {error}")
+        raise
+    job = {"config": cfg.model_dump(mode="json"), "data_dir": str(output_dir / "data"), "output_dir": str(output_dir),
+           "dataset": {"name": dataset, "version": number, "manifest_sha256": export["manifest_sha256"]},
+           "cache_dir": str(store.settings.cache_dir), "base_model_path": str(base.path), "base_model_hash": base.sha256}
+    (output_dir / "job.json").write_text(json.dumps(job, indent=2))
+    return run_id
+
+
+def _finish(store: Store, run_id: int, **fields) -> None:
+    from store.models import TrainingRun
+
+    with store.session() as session:
+        row = session.get(TrainingRun, run_id)
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.finished_at = datetime.now(timezone.utc)
+
+
+def execute_run(store: Store, run_id: int, *, log: Callable[[str], None] = print, stop_at_step: int | None = None,
+                raise_on_failure: bool = True) -> int:
+    """Train a recorded run in a subprocess; a run that stopped or failed resumes from its last checkpoint."""
+    from store.models import TrainingRun
+
+    with store.session() as session:
+        row = session.get(TrainingRun, run_id)
+        if row is None:
+            raise LookupError(f"no training run {run_id}")
+        if row.status == "succeeded":
+            raise ValueError(f"training run {run_id} already succeeded; start a new run instead")
+        output_dir = Path(row.output_dir)
+        row.status, row.error, row.finished_at = "running", None, None
+    job_file = output_dir / "job.json"
+    job = json.loads(job_file.read_text())
+    job["stop_at_step"] = stop_at_step
+    job_file.write_text(json.dumps(job, indent=2))
+    try:
+        code, tail = stream_process([*launcher(), str(job_file)], log)
+    except OSError as error:  # the launcher itself is missing
+        code, tail = 1, [f"training failed: cannot start {launcher()[0]}: {error}"]
     result_file = output_dir / "result.json"
     if code == 0 and result_file.exists():
         result = json.loads(result_file.read_text())
-        finish(status="succeeded", metrics=result["metrics"], outputs=result["outputs"], error=None)
+        _finish(store, run_id, status="succeeded", metrics=result["metrics"], outputs=result["outputs"], error=None)
         log(f"training run {run_id} succeeded: final loss {result['metrics']['final_loss']:.4f}, "
             f"{result['metrics']['seconds_per_step']:.3f} s/step")
         return run_id
     if code == 0 and stop_at_step:
-        finish(status="failed", error=f"stopped at step {stop_at_step} as asked (resume by running again)")
+        _finish(store, run_id, status="failed",
+                error=f"stopped at step {stop_at_step} as asked; resume with `atelier train --resume {run_id}`")
         return run_id
     reason = failure_reason(code, tail)
-    finish(status="failed", error=reason)
-    log(f"training run {run_id} failed: {reason}")
+    _finish(store, run_id, status="failed", error=reason)
+    log(f"training run {run_id} failed: {reason} (resume with `atelier train --resume {run_id}`)")
     if raise_on_failure:
         raise TrainingFailed(run_id, reason)
     return run_id
 
 
+def run_train(store: Store, dataset: str, version: int | None, config: dict | str | Path,
+              overrides: dict[str, Any] | None = None, *, log: Callable[[str], None] = print,
+              stop_at_step: int | None = None, flow_run_id: str | None = None, raise_on_failure: bool = True) -> int:
+    """Plain-Python train (no Prefect): returns the TrainingRun id; its status says how it went."""
+    run_id = create_run(store, dataset, version, config, overrides, flow_run_id, log)
+    return execute_run(store, run_id, log=log, stop_at_step=stop_at_step, raise_on_failure=raise_on_failure)
+
+
 @flow(name="train", log_prints=False)
 def train_flow(dataset: str, version: int | None, config: dict | str, overrides: dict | None = None,
-               raise_on_failure: bool = True) -> int:
+               raise_on_failure: bool = True, resume_run: int | None = None) -> int:
     """Prefect flow: train on DATASET@VERSION with a preset (path or dict); returns the TrainingRun id.
 
     Failures are recorded on the run (status failed, error text); with raise_on_failure the flow
-    run fails too (TrainingFailed carries run_id).
+    run fails too (TrainingFailed carries run_id). resume_run: continue that run from its last checkpoint.
     """
     from prefect import get_run_logger
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
-    return run_train(open_store(), dataset, version, config, overrides, log=logger.info,
+    store = open_store()
+    if resume_run is not None:  # dataset/version/config are the run's own
+        return execute_run(store, resume_run, log=logger.info, raise_on_failure=raise_on_failure)
+    return run_train(store, dataset, version, config, overrides, log=logger.info,
                      flow_run_id=str(flow_run.id) if flow_run.id else None, raise_on_failure=raise_on_failure)

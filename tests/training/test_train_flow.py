@@ -36,27 +36,36 @@ def committed(atelier_env, photos, tmp_path, tiny_sd_dir, monkeypatch):
     store.dispose()
 
 
-def test_cli_train_on_a_version_records_a_succeeded_run(committed, tmp_path):
+def test_cli_train_stops_resumes_and_records_a_succeeded_run(committed, tmp_path):
     from store.models import TrainingRun
     from store.registry import file_hash
     from training.export import sha256_file
 
     preset = tmp_path / "preset.yaml"
     preset.write_text(yaml.safe_dump(tiny_config("sd15", max_train_steps=5)))
-    result = CliRunner().invoke(app, ["train", "dogs@1", "--config", str(preset), "--set", "rank=2", "--no-flow", "--json"])
+    runner = CliRunner()
+    stopped = runner.invoke(app, ["train", "dogs@1", "--config", str(preset), "--set", "rank=2", "--stop-at-step", "2",
+                                  "--json"])
+    assert stopped.exit_code == 0, stopped.output
+    first = json.loads(stopped.stdout)
+    assert first["status"] == "failed" and "stopped at step 2" in first["error"]
+    result = runner.invoke(app, ["train", "--resume", str(first["run_id"]), "--no-flow", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["status"] == "succeeded" and summary["metrics"]["steps"] == 5
-    assert "step 5/5" in result.stderr  # progress streamed from the training process
+    assert summary["run_id"] == first["run_id"] and summary["status"] == "succeeded"
+    assert "resumed from checkpoint-000002 at step 2" in result.stderr and "step 5/5" in result.stderr  # streamed
+    assert summary["metrics"]["steps"] == 5 and len(summary["metrics"]["loss_history"]) == 5
     lora = summary["outputs"]["lora"]
     assert sha256_file(lora["path"]) == lora["sha256"]
     with committed.session() as session:
         run = session.get(TrainingRun, summary["run_id"])
-        assert run.method == "lora" and run.base_model == "sd15" and run.finished_at is not None
+        assert run.method == "lora" and run.base_model == "sd15" and run.finished_at is not None and run.error is None
         assert run.config["rank"] == 2 and run.config["identifier"] == "sks" and run.config["seed"] == 0
         assert run.base_model_hash == file_hash(committed.settings.models_dir / "stable-diffusion-v1-5")
     exported = Path(run.output_dir) / "data"  # the version, exported in the kohya layout
     assert [p.name for p in exported.iterdir() if p.is_dir()] == ["2_sks dog"]
+    again = runner.invoke(app, ["train", "--resume", str(first["run_id"]), "--no-flow"])
+    assert again.exit_code == 1 and "already succeeded" in again.output
 
 
 @pytest.mark.slow
