@@ -60,23 +60,41 @@ def load_nightly(path: Path | str | None = None, overrides: dict[str, Any] | Non
     return config
 
 
-def new_images(store, dataset: str) -> tuple[int, int | None]:
-    """(active images not in the newest version, that version's number or None)."""
+def new_images(store, dataset: str, slot: str) -> tuple[int, int | None]:
+    """(active images not in the baseline version, its number or None).
+
+    The baseline is the version the slot's last decided challenger trained on, so that a night whose
+    training crashed leaves its images "new" and the next night retries them.
+    """
     from sqlalchemy import select
 
     from store.datasets import get_dataset
-    from store.models import DatasetVersion, VersionEntry
+    from store.models import DatasetVersion, PromotionDecision, TrainingRun, VersionEntry
     from store.versions import working_manifest
 
     with store.session() as session:
         ds = get_dataset(session, dataset)
         working = {e["image_sha256"] for e in working_manifest(session, ds.id)}
-        latest = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
-                                .order_by(DatasetVersion.number.desc()).limit(1))
-        if latest is None:
+        baseline = session.scalar(
+            select(DatasetVersion).join(TrainingRun, TrainingRun.version_id == DatasetVersion.id)
+            .join(PromotionDecision, PromotionDecision.challenger_run_id == TrainingRun.id)
+            .where(PromotionDecision.slot == slot, TrainingRun.dataset_id == ds.id)
+            .order_by(PromotionDecision.id.desc()).limit(1))
+        if baseline is None:
             return len(working), None
-        known = set(session.scalars(select(VersionEntry.image_sha256).where(VersionEntry.version_id == latest.id)))
-        return len(working - known), latest.number
+        known = set(session.scalars(select(VersionEntry.image_sha256).where(VersionEntry.version_id == baseline.id)))
+        return len(working - known), baseline.number
+
+
+def commit_or_latest(store, dataset: str, message: str) -> int:
+    """Commit the working state; when nothing changed since the newest version (a retried night), use that one."""
+    from store.versions import NothingToCommit, commit_version, get_version
+
+    try:
+        return commit_version(store, dataset, message, user="nightly").number
+    except NothingToCommit:
+        with store.session() as session:
+            return get_version(session, dataset).number
 
 
 def report_markdown(summary: dict[str, Any]) -> str:
@@ -124,8 +142,6 @@ def run_nightly(config: NightlyConfig, log=print) -> dict[str, Any]:
     from flows.prepare import prepare
     from flows.train import TrainingFailed, train_flow
     from store.db import open_store
-    from store.versions import commit_version
-
     store = open_store()
     summary: dict[str, Any] = {"dataset": config.dataset, "slot": config.slot, "status": "running",
                                "min_new_images": config.min_new_images}
@@ -136,7 +152,7 @@ def run_nightly(config: NightlyConfig, log=print) -> dict[str, Any]:
         stage = "prepare"
         prepare(config.dataset, config.pipeline, config.pipeline_overrides or None)
         stage = "check"
-        count, last = new_images(store, config.dataset)
+        count, last = new_images(store, config.dataset, config.slot)
         summary["new_images"] = count
         if count < config.min_new_images:
             summary.update(status="no new data", reason=f"{count} new images since version {last} "
@@ -145,8 +161,7 @@ def run_nightly(config: NightlyConfig, log=print) -> dict[str, Any]:
             return summary
         stage = "commit"
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
-        summary["version"] = commit_version(store, config.dataset, f"nightly {stamp}: {count} new images",
-                                            user="nightly").number
+        summary["version"] = commit_or_latest(store, config.dataset, f"nightly {stamp}: {count} new images")
         stage = "train"
         try:
             summary["run_id"] = train_flow(config.dataset, summary["version"], config.training,
