@@ -101,7 +101,11 @@ def align_image(rgb: np.ndarray, faces: list[Face], p: AlignParams) -> tuple[np.
     matrix = matrix.copy()
     matrix[:, 2] -= (x0, y0)
     moved = [_move_face(f, matrix) for f in faces]
-    inside = [f for f in moved if 0 <= (f["box"][0] + f["box"][2]) / 2 < x1 - x0 and 0 <= (f["box"][1] + f["box"][3]) / 2 < y1 - y0]
+    def in_crop(face: Face) -> bool:
+        bx0, by0, bx1, by1 = face["box"]
+        return 0 <= (bx0 + bx1) / 2 < x1 - x0 and 0 <= (by0 + by1) / 2 < y1 - y0
+
+    inside = [f for f in moved if in_crop(f)]
     new_main = moved[faces.index(main)] if main is not None else None
     meta = {"faces": inside, "main_face": new_main if new_main in inside else None,
             "crop": {"by": by, "box": box, "angle": round(angle, 2), "source_size": [width, height]}}

@@ -20,7 +20,9 @@ def _install_extra_arches() -> None:
     if _EXTRA_INSTALLED:
         return
     from spandrel import MAIN_REGISTRY
-    from spandrel_extra_arches import EXTRA_REGISTRY  # CodeFormer lives here (non-commercial licence)
+    from spandrel_extra_arches import (
+        EXTRA_REGISTRY,  # CodeFormer lives here (non-commercial licence)
+    )
 
     MAIN_REGISTRY.add(*EXTRA_REGISTRY)
     _EXTRA_INSTALLED = True
@@ -35,7 +37,8 @@ def load_image_model(path: Path, expect: set[str] | None = None):
     try:
         descriptor = ModelLoader(device="cpu").load_from_state_dict(state_dict)
     except UnsupportedModelError:
-        raise ValueError(f"{path}: not a model architecture Atelier knows (expected {', '.join(sorted(expect or []))})") from None
+        known = ", ".join(sorted(expect or []))
+        raise ValueError(f"{path}: not a model architecture Atelier knows (expected {known})") from None
     if expect and descriptor.architecture.id not in expect:
         raise ValueError(f"{path}: is a {descriptor.architecture.id} model, expected {' or '.join(sorted(expect))}")
     descriptor.model.eval()

@@ -97,7 +97,10 @@ def load_restore(params: dict, registry) -> LoadedStep:
     def restore_face(crop: np.ndarray) -> np.ndarray:
         x = _to_tensor(crop) * 2 - 1  # both networks work in [-1, 1]
         with torch.inference_mode():
-            y = network(x, weight=p.fidelity)[0] if backend == "codeformer" else network(x, return_rgb=False, randomize_noise=False)[0]
+            if backend == "codeformer":
+                y = network(x, weight=p.fidelity)[0]
+            else:  # fixed noise: the same face gives the same result (steps are cached by input)
+                y = network(x, return_rgb=False, randomize_noise=False)[0]
         return _to_rgb((y + 1) / 2)
 
     def run(items: list[Item]) -> list[StepOutput]:

@@ -94,7 +94,8 @@ def load_upscale(params: dict, registry) -> LoadedStep:
                 passes = max(1, math.ceil(math.log(p.target / min(width, height), scale) - 1e-9))
                 for _ in range(passes):
                     big = upscale_tiled(big, network, scale, p.tile, p.tile_pad)
-                image = Image.fromarray(cv2.resize(big, size, interpolation=cv2.INTER_AREA if big.shape[1] >= size[0] else cv2.INTER_LANCZOS4))
+                shrink = big.shape[1] >= size[0]
+                image = Image.fromarray(cv2.resize(big, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4))
                 meta.update(scale=scale, passes=passes, tile=p.tile)
             if alpha is not None:
                 image.putalpha(alpha.resize(size, Image.Resampling.LANCZOS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from preprocess.faces import eye_angle
 from preprocess.load import load_image_file
 from preprocess.steps import Item, load_step

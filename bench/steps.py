@@ -1,0 +1,146 @@
+"""Image steps on CPU: seconds per image at 1024 px, fallbacks vs random-weight real models; tiled memory.
+
+    .venv/bin/python bench/steps.py [--repeat 2] [--skip-real] [--memory-only | --skip-memory]
+
+Inputs are the real photos resized to 1024 px on the long side (messi5.jpg for align/restore,
+MilkyWay 9:16 for outpaint, HappyFish at 256 px short side for an upscale to 1024). Real models
+are random-weight files at their published sizes (RetinaFace-R50, GFPGAN v1.4, CodeFormer,
+RealESRGAN_x4plus); the SD inpainting pipeline is the tiny test one (an 860M-parameter UNet is
+not built on CPU), so its figure is the pipeline overhead, not SD's speed. Peak memory of tiled
+upscaling is measured in a fresh process on a 3840×2160 image (tiny x2 RRDBNet), as VmHWM − VmRSS
+before the run, next to the output image's own size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PHOTOS = ROOT / "tests" / "fixtures" / "photos"
+
+
+def photo(name: str, long_side: int):
+    from PIL import Image
+
+    from preprocess.load import load_image_file
+
+    image = load_image_file(PHOTOS / name).image
+    scale = long_side / max(image.size)
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+
+
+def seconds_per_image(name: str, params: dict, item, repeat: int) -> tuple[float, float, str]:
+    """(load seconds, run seconds per image, backend)."""
+    from preprocess.steps import load_step
+    from store.registry import load_registry
+
+    start = time.perf_counter()
+    step = load_step(name, params, load_registry())
+    loaded = time.perf_counter() - start
+    step.run([item])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeat):
+        step.run([item])
+    return loaded, (time.perf_counter() - start) / repeat, step.backend
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_child(model: str, tile: int) -> None:
+    """Runs in a fresh process: upscale a 4K image tiled, print the peak memory it added."""
+    import numpy as np
+
+    from preprocess.image_models import load_image_model
+    from preprocess.upscale import upscale_tiled
+
+    network = load_image_model(Path(model)).model
+    rgb = np.asarray(photo("Elarun_2560x1600.png", 3840).convert("RGB").resize((3840, 2160)))
+    before = _rss_kib("VmRSS")
+    start = time.perf_counter()
+    out = upscale_tiled(rgb, network, 2, tile, 16)
+    print(f"{(_rss_kib('VmHWM') - before) / 1024:.0f} {out.nbytes / 2**20:.0f} {time.perf_counter() - start:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--skip-real", action="store_true", help="fallbacks and memory only")
+    parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], int(args.memory_child[1]))
+        return
+
+    from preprocess.steps import Item
+
+    sys.path.insert(0, str(ROOT))
+    from tests.tiny_models.esrgan import build_esrgan
+
+    work = Path(tempfile.mkdtemp(prefix="bench-steps-"))
+    os.environ["ATELIER_HOME"] = str(work / "home")  # an empty models folder: registry names fall back
+    print(f"torch threads: {__import__('torch').get_num_threads()}, cpu cores: {os.cpu_count()}")
+
+    if not args.memory_only:
+        messi, portrait, small = photo("messi5.jpg", 1024), photo("MilkyWay_1080x1920.png", 1024), photo("HappyFish.jpg", 341)
+        from preprocess.steps import load_step
+        from store.registry import load_registry
+
+        faces = load_step("align", {"mode": "none"}, load_registry()).run([Item(image=messi)])[0].meta
+        rows = [
+            ("align", {"mode": "face"}, Item(image=messi)),
+            ("upscale", {"target": 1024}, Item(image=small)),
+            ("outpaint", {}, Item(image=portrait)),
+        ]
+        if not args.skip_real:
+            from tests.tiny_models.face_restorers import build_codeformer, build_gfpgan
+            from tests.tiny_models.retinaface import build_retinaface
+            from tests.tiny_models.sd_inpaint import build_tiny_sd_inpaint
+
+            print("building random-weight models (published sizes) ...", flush=True)
+            rows += [
+                ("align", {"mode": "face", "model": str(build_retinaface(work)), "conf_threshold": 0.99}, Item(image=messi)),
+                ("restore", {"model": str(build_gfpgan(work))}, Item(image=messi, meta=faces)),
+                ("restore", {"model": str(build_codeformer(work))}, Item(image=messi, meta=faces)),
+                ("upscale", {"target": 1024, "model": str(build_esrgan(work, 4, 64, 23, 32, "RealESRGAN_x4plus.pth"))},
+                 Item(image=small)),
+                ("outpaint", {"model": str(build_tiny_sd_inpaint(work)), "resolution": 256, "steps": 10},
+                 Item(image=portrait, caption="night sky")),
+            ]
+        print(f"{'step':9} {'backend':16} {'input':>10} {'load s':>7} {'s/image':>8}")
+        base = {}
+        for name, params, item in rows:
+            loaded, per_image, backend = seconds_per_image(name, params, item, args.repeat)
+            base.setdefault(name, per_image)
+            ratio = f"  ×{per_image / base[name]:.1f} vs fallback" if base[name] != per_image else ""
+            size = "×".join(map(str, item.image.size))
+            print(f"{name:9} {backend:16} {size:>10} {loaded:7.2f} {per_image:8.2f}{ratio}", flush=True)
+
+    if args.skip_memory:
+        return
+    tiny_x2 = build_esrgan(work, 2)
+    print("\ntiled upscaling of a 3840×2160 image (tiny x2 RRDBNet), fresh process each:")
+    print(f"{'tile':>5} {'peak MiB':>9} {'output MiB':>11} {'peak/output':>12} {'s':>6}")
+    for tile in (128, 512):
+        result = subprocess.run([sys.executable, __file__, "--memory-child", str(tiny_x2), str(tile)],
+                                capture_output=True, text=True, check=True)
+        peak, out_mib, seconds = result.stdout.split()[-3:]
+        print(f"{tile:>5} {peak:>9} {out_mib:>11} {int(peak) / int(out_mib):>12.2f} {seconds:>6}")
+
+
+if __name__ == "__main__":
+    main()
