@@ -85,8 +85,14 @@ def merge(
 ) -> None:
     """Block-weighted merge of two SD checkpoints (weight = model B's share), and/or a LoRA merged in."""
     from store.registry import UnsafeWeights
-    from training.merge import (MergeError, load_checkpoint_file, merge_block_weighted, merge_lora,
-                                parse_block_weights, save_checkpoint_file)
+    from training.merge import (
+        MergeError,
+        load_checkpoint_file,
+        merge_block_weighted,
+        merge_lora,
+        parse_block_weights,
+        save_checkpoint_file,
+    )
 
     if model_b is None and lora is None:
         fail("give a second checkpoint to merge, or --lora FILE to merge a LoRA into the first")

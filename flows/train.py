@@ -13,9 +13,10 @@ import shlex
 import subprocess
 import sys
 from collections import deque
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow
 
@@ -106,7 +107,7 @@ def _finish(store: Store, run_id: int, **fields) -> None:
         row = session.get(TrainingRun, run_id)
         for key, value in fields.items():
             setattr(row, key, value)
-        row.finished_at = datetime.now(timezone.utc)
+        row.finished_at = datetime.now(UTC)
 
 
 def execute_run(store: Store, run_id: int, *, log: Callable[[str], None] = print, stop_at_step: int | None = None,

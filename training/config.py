@@ -101,7 +101,7 @@ class TrainConfig(BaseModel):
     report_to: Literal["tensorboard", "none"] = "tensorboard"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> TrainConfig:
         if self.min_bucket_reso > self.max_bucket_reso:
             raise ValueError("min_bucket_reso must be <= max_bucket_reso")
         if self.method == "dreambooth" and self.train_text_encoder is False and self.text_encoder_lr:

@@ -46,10 +46,27 @@ def lora_layers(unet, text_encoders: list) -> dict[str, torch.Tensor]:
     return layers
 
 
-def to_kohya(layers: dict[str, torch.Tensor], alpha: float, family: str) -> dict[str, torch.Tensor]:
-    """diffusers/peft LoRA weights → kohya keys with the real alpha (diffusers' converter writes alpha = rank)."""
+def to_kohya(layers: dict[str, torch.Tensor], alpha: float, family: str,
+             unet_config: dict | None = None) -> dict[str, torch.Tensor]:
+    """diffusers/peft LoRA weights → kohya keys with the real alpha (diffusers' converter writes alpha = rank).
+
+    SD 1.x/2.x UNet modules keep diffusers names (`lora_unet_down_blocks_…`, as sd-scripts writes them);
+    SDXL UNet modules take the original SGM names (`lora_unet_input_blocks_…`), as sd-scripts writes those.
+    """
     from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
 
+    from training.ldm_keys import unet_key_to_ldm
+
+    if family == "sdxl":
+        if unet_config is None:
+            raise ValueError("an SDXL LoRA export needs the UNet config (for the SGM module names)")
+        renamed = {}
+        for key, value in layers.items():
+            if key.startswith("unet."):
+                module, _, lora_part = key[len("unet."):].partition(".lora_")
+                key = "unet." + unet_key_to_ldm(module + ".weight", unet_config)[: -len(".weight")] + ".lora_" + lora_part
+            renamed[key] = value
+        layers = renamed
     kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(layers))
     out = {}
     for key, value in kohya.items():
@@ -123,11 +140,11 @@ def kohya_metadata(config, family: str, base_model_hash: str, dataset: dict[str,
 
 
 def save_lora_kohya(path: Path, layers: dict[str, torch.Tensor], alpha: float, family: str,
-                    metadata: dict[str, str]) -> dict[str, str]:
+                    metadata: dict[str, str], unet_config: dict | None = None) -> dict[str, str]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(to_kohya(layers, alpha, family), str(tmp), metadata=metadata)
+    save_file(to_kohya(layers, alpha, family, unet_config), str(tmp), metadata=metadata)
     tmp.replace(path)
     return {"path": str(path), "sha256": sha256_file(path)}
 

@@ -147,6 +147,8 @@ def kohya_targets(keys: list[str]) -> dict[str, str]:
     for diffusers_key, ldm_key in _ldm_to_diffusers_unet(keys).items():
         if diffusers_key.endswith(".weight"):
             targets["lora_unet_" + diffusers_key[: -len(".weight")].replace(".", "_")] = ldm_key
+            # sd-scripts names SDXL modules by their SGM path: lora_unet_input_blocks_4_1_…
+            targets["lora_unet_" + ldm_key[len(UNET_PREFIX): -len(".weight")].replace(".", "_")] = ldm_key
     for prefix, name in (("cond_stage_model.transformer.", "lora_te_"), ("conditioner.embedders.0.transformer.", "lora_te1_")):
         for key in keys:
             if key.startswith(prefix) and key.endswith(".weight"):

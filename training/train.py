@@ -11,9 +11,10 @@ import hashlib
 import json
 import random
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +96,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     if cache_dir is None:
         from store.settings import load_settings
         cache_dir = load_settings().cache_dir
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     notes: list[str] = []
 
     # --- device and precision -------------------------------------------------------------
@@ -328,7 +329,8 @@ def export_outputs(config: TrainConfig, model, examples, output_dir: Path, datas
         meta = export.kohya_metadata(config, model.family, model.sha256, dataset, examples,
                                      D.tag_frequency(examples), started_at)
         name = f"{dataset.get('name', 'lora')}-v{dataset.get('version', 0)}.safetensors"
-        outputs["lora"] = export.save_lora_kohya(output_dir / name, layers, config.alpha, model.family, meta)
+        outputs["lora"] = export.save_lora_kohya(output_dir / name, layers, config.alpha, model.family, meta,
+                                                 unet_config=pipe.unet.config)
         outputs["lora_peft"] = export.save_lora_peft(output_dir / "lora_peft", type(pipe), layers, config.alpha, config.rank)
     else:
         pipe.to(torch.float32)

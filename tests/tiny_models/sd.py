@@ -94,3 +94,42 @@ def build_tiny_sd_single_file(directory: Path) -> Path:
     pipe = StableDiffusionPipeline.from_pretrained(build_tiny_sd(directory), local_files_only=True)
     save_file(pipeline_to_ldm(pipe.unet, pipe.vae, pipe.text_encoder), str(path))
     return path
+
+
+def build_tiny_sdxl(directory: Path) -> Path:
+    """A tiny StableDiffusionXLPipeline (two CLIP text encoders, text_time UNet) saved into `directory/tiny-sdxl`."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(directory) / "tiny-sdxl"
+    if (folder / "model_index.json").exists():
+        return folder
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, sample_size=64,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(_tokenizer_folder(Path(tmp) / "tokenizer"))
+    config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=CLIPTextModel(config), tokenizer=tokenizer,
+                                     text_encoder_2=CLIPTextModelWithProjection(config), tokenizer_2=tokenizer,
+                                     scheduler=scheduler)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

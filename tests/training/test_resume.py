@@ -29,6 +29,6 @@ def test_stop_and_resume_equals_uninterrupted(tiny_sd_dir, kohya_folder, tmp_pat
     b = load_file(tmp_path / "split" / "lora_peft" / "pytorch_lora_weights.safetensors")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["metrics"]["loss_history"] == whole["metrics"]["loss_history"]
-    untrained = run_training(config.model_copy(update={"max_train_steps": 1}), kohya_folder, tmp_path / "one", **run)
+    run_training(config.model_copy(update={"max_train_steps": 1}), kohya_folder, tmp_path / "one", **run)
     c = load_file(tmp_path / "one" / "lora_peft" / "pytorch_lora_weights.safetensors")
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the comparison can tell runs apart
