@@ -30,7 +30,7 @@ def train(
     from store.db import open_store
     from store.models import TrainingRun
     from store.registry import ModelMissing
-    from training.config import ConfigError
+    from training.config import ConfigError, load_config
 
     if resume is None and (ref is None or config is None):
         fail("give NAME@N and --config PRESET, or --resume RUN_ID")
@@ -48,6 +48,7 @@ def train(
         else:
             dataset, version = parse_version_ref(ref)
             overrides = parse_sets(sets)
+            load_config(config, overrides)  # a bad preset fails here, before a flow run starts
             if no_flow or stop_at_step:
                 run_id = create_run(store, dataset, version, config, overrides, log=log)
                 run_id = execute_run(store, run_id, log=log, stop_at_step=stop_at_step)

@@ -174,6 +174,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         class_examples = [D.Example(p, D.file_sha256(p), prompt, 1, "class", (config.resolution,) * 2) for p in paths]
     log(f"data: {len(examples)} images, {len(set(buckets.values()))} buckets, {epoch_length} batches per epoch; "
         f"device {device}, weights {str(weight_dtype).removeprefix('torch.')}")
+    for note in notes:
+        log(f"note: {note}")
 
     # --- optimiser, schedule, EMA ---------------------------------------------------------
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate}]

@@ -81,3 +81,14 @@ def test_train_flow_records_a_failure_without_crashing(committed, tiny_sd_dir, t
         run = session.get(TrainingRun, run_id)
         assert run.status == "failed" and run.error and "training failed" not in run.error
         assert run.flow_run_id and run.outputs == {}
+
+
+def test_cli_train_names_the_bad_field_before_recording_anything(atelier_env, tmp_path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("base_model: sd15\nmax_train_step: 10\n")
+    result = CliRunner().invoke(app, ["train", "dogs@1", "--config", str(preset), "--json"])
+    message = "".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "bad.yaml:max_train_step:unknownfield" in message
+    result = CliRunner().invoke(app, ["train", "dogs@1", "--config", str(preset), "--resume", "3"])
+    assert result.exit_code == 1 and "--resumecontinuesarunwithitsrecordedconfig" in "".join(result.output.split())
