@@ -122,11 +122,11 @@ def main() -> None:
                  Item(image=portrait, caption="night sky")),
             ]
         print(f"{'step':9} {'backend':16} {'input':>10} {'load s':>7} {'s/image':>8}")
-        base = {}
+        first: dict[str, tuple[str, float]] = {}  # step → (backend, s/image) of its first row: the fallback
         for name, params, item in rows:
             loaded, per_image, backend = seconds_per_image(name, params, item, args.repeat)
-            base.setdefault(name, per_image)
-            ratio = f"  ×{per_image / base[name]:.1f} vs fallback" if base[name] != per_image else ""
+            base_backend, base = first.setdefault(name, (backend, per_image))
+            ratio = f"  ×{per_image / base:.1f} vs {base_backend}" if base_backend != backend else ""
             size = "×".join(map(str, item.image.size))
             print(f"{name:9} {backend:16} {size:>10} {loaded:7.2f} {per_image:8.2f}{ratio}", flush=True)
 

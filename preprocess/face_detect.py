@@ -133,7 +133,10 @@ class RetinaFaceDetector:
         state = load_state_dict(Path(weights))
         state = {k.removeprefix("module."): v for k, v in state.items()}
         self.net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
-        self.net.load_state_dict(state, strict=True)
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"{weights}: not RetinaFace-ResNet50 weights ({str(error).splitlines()[0]})") from None
         self.net.eval()
         self.conf_threshold = conf_threshold
         self.max_faces = max_faces

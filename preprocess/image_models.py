@@ -29,16 +29,22 @@ def _install_extra_arches() -> None:
 
 
 def load_image_model(path: Path, expect: set[str] | None = None):
-    """A spandrel ImageModelDescriptor in eval mode on CPU; `expect`: allowed architecture ids."""
+    """A spandrel ImageModelDescriptor in eval mode, on the GPU when there is one; `expect`: allowed ids."""
+    import torch
     from spandrel import ModelLoader, UnsupportedModelError
 
     _install_extra_arches()
     state_dict = load_state_dict(Path(path))
+    known = ", ".join(sorted(expect or []))
     try:
         descriptor = ModelLoader(device="cpu").load_from_state_dict(state_dict)
     except UnsupportedModelError:
-        known = ", ".join(sorted(expect or []))
         raise ValueError(f"{path}: not a model architecture Atelier knows (expected {known})") from None
+    except RuntimeError as error:  # detected architecture, but tensors of other shapes (a variant spandrel can't size)
+        first = str(error).splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit the detected architecture ({first})") from None
+    if torch.cuda.is_available():
+        descriptor.to("cuda")
     if expect and descriptor.architecture.id not in expect:
         raise ValueError(f"{path}: is a {descriptor.architecture.id} model, expected {' or '.join(sorted(expect))}")
     descriptor.model.eval()

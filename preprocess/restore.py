@@ -92,16 +92,17 @@ def load_restore(params: dict, registry) -> LoadedStep:
     descriptor = load_image_model(resolved.path, expect={"GFPGAN", "CodeFormer"})
     backend = descriptor.architecture.id.lower()
     network = descriptor.model
+    device = next(network.parameters()).device
     detector = None
 
     def restore_face(crop: np.ndarray) -> np.ndarray:
-        x = _to_tensor(crop) * 2 - 1  # both networks work in [-1, 1]
+        x = (_to_tensor(crop) * 2 - 1).to(device)  # both networks work in [-1, 1]
         with torch.inference_mode():
             if backend == "codeformer":
                 y = network(x, weight=p.fidelity)[0]
             else:  # fixed noise: the same face gives the same result (steps are cached by input)
                 y = network(x, return_rgb=False, randomize_noise=False)[0]
-        return _to_rgb((y + 1) / 2)
+        return _to_rgb(((y + 1) / 2).cpu())
 
     def run(items: list[Item]) -> list[StepOutput]:
         nonlocal detector

@@ -34,6 +34,7 @@ def upscale_tiled(rgb: np.ndarray, network, scale: int, tile: int, pad: int) -> 
     import torch
 
     height, width = rgb.shape[:2]
+    device = next(network.parameters()).device
     out = np.empty((height * scale, width * scale, 3), np.uint8)
     for y0 in range(0, height, tile):
         for x0 in range(0, width, tile):
@@ -41,7 +42,7 @@ def upscale_tiled(rgb: np.ndarray, network, scale: int, tile: int, pad: int) -> 
             py0, px0, py1, px1 = max(y0 - pad, 0), max(x0 - pad, 0), min(y1 + pad, height), min(x1 + pad, width)
             patch = torch.from_numpy(rgb[py0:py1, px0:px1].copy()).permute(2, 0, 1).float().div(255)
             with torch.inference_mode():
-                result = network(patch.unsqueeze(0))[0].clamp(0, 1)
+                result = network(patch.unsqueeze(0).to(device))[0].clamp(0, 1).cpu()
             result = result.mul(255).round().byte().permute(1, 2, 0).numpy()
             oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
             out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = result[oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]

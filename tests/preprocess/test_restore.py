@@ -85,3 +85,10 @@ def test_missing_restorer_names_the_path(atelier_env):
 def test_blend_out_of_range_is_refused(atelier_env):
     with pytest.raises(ValueError, match="step 'restore': blend"):
         load_step("restore", {"blend": 1.5}, load_registry())
+
+
+def test_an_upscaler_file_is_not_taken_for_a_face_restorer(atelier_env, tmp_path):
+    from tests.tiny_models.esrgan import build_esrgan
+
+    with pytest.raises(ValueError, match="is a ESRGAN model, expected CodeFormer or GFPGAN"):
+        load_step("restore", {"model": str(build_esrgan(tmp_path))}, load_registry())

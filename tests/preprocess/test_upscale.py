@@ -80,3 +80,11 @@ def test_no_fallback_names_the_missing_file(atelier_env):
 def test_a_path_that_does_not_exist_is_an_error_not_a_fallback(atelier_env, tmp_path):
     with pytest.raises(ModelMissing, match="nor an existing file"):
         load_step("upscale", {"model": str(tmp_path / "nope.pth")}, load_registry())
+
+
+def test_weights_of_the_wrong_shape_name_the_file(atelier_env, tmp_path):
+    from tests.tiny_models.esrgan import build_esrgan
+
+    odd = build_esrgan(tmp_path, num_grow_ch=4)  # an RRDBNet variant spandrel cannot size
+    with pytest.raises(ValueError, match=f"{odd}: weights do not fit"):
+        load_step("upscale", {"model": str(odd)}, load_registry())
