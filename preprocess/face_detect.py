@@ -163,6 +163,28 @@ class RetinaFaceDetector:
         return sorted(faces, key=lambda f: -f["score"])[: self.max_faces]
 
 
+def move_face(face: Face, matrix: np.ndarray) -> Face:
+    """The face's box and landmarks through a 2×3 affine transform."""
+    x0, y0, x1, y1 = face["box"]
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]]) @ matrix.T
+    moved = dict(face)
+    moved["box"] = [round(float(v), 1) for v in (*corners.min(0), *corners.max(0))]
+    if face.get("landmarks"):
+        points = np.array([[x, y, 1] for x, y in face["landmarks"]]) @ matrix.T
+        moved["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in points]
+    return moved
+
+
+def faces_moved(meta: dict[str, Any], scale: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> dict[str, Any]:
+    """meta["faces"]/["main_face"] of an earlier step, scaled then shifted into a new image's pixels ({} if none)."""
+    if "faces" not in meta:
+        return {}
+    matrix = np.array([[scale, 0.0, dx], [0.0, scale, dy]])
+    main = meta.get("main_face")
+    return {"faces": [move_face(f, matrix) for f in meta["faces"] or []],
+            "main_face": move_face(main, matrix) if main else None}
+
+
 def main_face(faces: list[Face], width: int, height: int) -> Face | None:
     """The face the photo is about: detector score × relative size × closeness to the centre."""
     def weight(face: Face) -> float:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from preprocess.face_detect import Face, load_detector, main_face
+from preprocess.face_detect import Face, load_detector, main_face, move_face
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
 
 
@@ -64,18 +64,6 @@ def focal_point(rgb: np.ndarray) -> tuple[float, float]:
     return float((xs * weights).sum() / total / scale), float((ys * weights).sum() / total / scale)
 
 
-def _move_face(face: Face, matrix: np.ndarray) -> Face:
-    """The face's box and landmarks through a 2×3 affine transform."""
-    x0, y0, x1, y1 = face["box"]
-    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]]) @ matrix.T
-    moved = dict(face)
-    moved["box"] = [round(float(v), 1) for v in (*corners.min(0), *corners.max(0))]
-    if face.get("landmarks"):
-        points = np.array([[x, y, 1] for x, y in face["landmarks"]]) @ matrix.T
-        moved["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in points]
-    return moved
-
-
 def align_image(rgb: np.ndarray, faces: list[Face], p: AlignParams) -> tuple[np.ndarray | None, dict]:
     """Crop (and level) per the mode; returns (new image or None, meta with faces in output coordinates)."""
     height, width = rgb.shape[:2]
@@ -100,7 +88,7 @@ def align_image(rgb: np.ndarray, faces: list[Face], p: AlignParams) -> tuple[np.
     x0, y0, x1, y1 = box
     matrix = matrix.copy()
     matrix[:, 2] -= (x0, y0)
-    moved = [_move_face(f, matrix) for f in faces]
+    moved = [move_face(f, matrix) for f in faces]
     def in_crop(face: Face) -> bool:
         bx0, by0, bx1, by1 = face["box"]
         return 0 <= (bx0 + bx1) / 2 < x1 - x0 and 0 <= (by0 + by1) / 2 < y1 - y0

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from preprocess.face_detect import faces_moved
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
 from store.registry import ModelMissing
 
@@ -150,6 +151,7 @@ def load_outpaint(params: dict, registry) -> LoadedStep:
             out = compose(canvas, fill, base, box, feather_px)
             meta["mask"] = {"keep_box": box, "size": [side, side], "feather_px": feather_px,
                             "filled": "everything outside keep_box"}
+            meta.update(faces_moved(item.meta, 1.0, box[0], box[1]))  # earlier face boxes, in the square's pixels
             image = Image.fromarray(out)
             if item.image.mode == "RGBA":  # new border is opaque; the original keeps its transparency
                 alpha = Image.new("L", (side, side), 255)

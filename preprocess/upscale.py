@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from preprocess.face_detect import faces_moved
 from preprocess.image_models import load_image_model
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
 from store.registry import ModelMissing
@@ -101,6 +102,7 @@ def load_upscale(params: dict, registry) -> LoadedStep:
             if alpha is not None:
                 image.putalpha(alpha.resize(size, Image.Resampling.LANCZOS))
             meta["size"] = list(size)
+            meta.update(faces_moved(item.meta, size[0] / width))  # keep earlier face boxes in this image's pixels
             outputs.append(StepOutput(image=image, meta=meta))
         return outputs
 

@@ -77,3 +77,19 @@ def test_a_folder_that_is_not_a_pipeline_is_refused(atelier_env, tmp_path):
 def test_resolution_must_be_a_multiple_of_8(atelier_env):
     with pytest.raises(ValueError, match="step 'outpaint': resolution"):
         load_step("outpaint", {"resolution": 100}, load_registry())
+
+
+def test_face_boxes_follow_the_image_through_upscale_and_outpaint(atelier_env, photos):
+    from preprocess.face_detect import CascadeDetector
+
+    registry = load_registry()
+    item = Item(image=load_image_file(photos / "messi5.jpg").image)  # 548×342
+    for name, params in [("align", {"mode": "none"}), ("upscale", {"target": 684}), ("outpaint", {})]:
+        out = load_step(name, params, registry).run([item])[0]
+        item.image = out.image or item.image
+        item.meta.update(out.meta)
+    assert item.image.size == (1096, 1096)
+    tracked = item.meta["main_face"]["box"]
+    assert tracked == pytest.approx([452, 188 + 206, 526, 262 + 206], abs=1)  # ×2, then 206 px down
+    found = CascadeDetector().detect(np.asarray(item.image.convert("RGB")))
+    assert any(abs(f["box"][0] - tracked[0]) < 15 and abs(f["box"][1] - tracked[1]) < 15 for f in found)
