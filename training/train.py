@@ -168,9 +168,10 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         prompt = config.prior.class_prompt or f"a photo of {config.class_word}"
         folder = Path(config.prior.class_data_dir) if config.prior.class_data_dir else \
             class_images_folder(cache_dir, model.sha256, prompt, config.resolution)
-        paths = ensure_class_images(pipe, folder, prompt, config.prior.num_class_images, config.resolution,
-                                    batch_size=config.prior.sample_batch_size, steps=config.prior.num_inference_steps,
-                                    seed=config.seed, log=log)
+        with autocast():
+            paths = ensure_class_images(pipe, folder, prompt, config.prior.num_class_images, config.resolution,
+                                        batch_size=config.prior.sample_batch_size, steps=config.prior.num_inference_steps,
+                                        seed=config.seed, log=log)
         class_examples = [D.Example(p, D.file_sha256(p), prompt, 1, "class", (config.resolution,) * 2) for p in paths]
     log(f"data: {len(examples)} images, {len(set(buckets.values()))} buckets, {epoch_length} batches per epoch; "
         f"device {device}, weights {str(weight_dtype).removeprefix('torch.')}")
@@ -265,7 +266,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         if done % 10 == 0 or done == config.max_train_steps or done == start_step + 1:
             log(f"step {done}/{config.max_train_steps} loss {total:.4f} lr {lr_scheduler.get_last_lr()[0]:.2e}")
         if config.validation_steps and config.validation_prompts and done % config.validation_steps == 0:
-            samples += validation_samples(pipe, config, output_dir, done, device)
+            samples += validation_samples(pipe, config, output_dir, done, device, autocast)
         if done % config.checkpointing_steps == 0 or done == stop_at_step:
             save_checkpoint(checkpoints, done, trained, optimizer, lr_scheduler, scaler, ema,
                             {"loss_history": loss_history}, keep=config.checkpoints_total_limit)
@@ -281,7 +282,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     for module in trained.values():
         module.eval()
     if config.validation_prompts:
-        samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device)
+        samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device, autocast)
     outputs = export_outputs(config, model, examples, output_dir, dataset, started_at)
     outputs["samples"] = samples
     tail = loss_history[-max(1, len(loss_history) // 10):]
@@ -302,7 +303,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     return result
 
 
-def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, device) -> list[dict]:
+def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, device, autocast) -> list[dict]:
     """Fixed prompts × fixed seeds → PNGs under samples/step-N/; returns [{path, prompt, seed, step}]."""
     from training.export import sha256_file
 
@@ -312,7 +313,7 @@ def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, d
     pipe.to(device)
     for p_index, prompt in enumerate(config.validation_prompts):
         for seed in config.validation_seeds:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():  # half-precision frozen weights beside fp32 LoRA and VAE
                 image = pipe(prompt, num_inference_steps=config.validation_inference_steps, height=config.resolution,
                              width=config.resolution, generator=torch.Generator().manual_seed(seed)).images[0]
             path = folder / f"{p_index:02d}-seed{seed}.png"
