@@ -88,3 +88,14 @@ def test_weights_of_the_wrong_shape_name_the_file(atelier_env, tmp_path):
     odd = build_esrgan(tmp_path, num_grow_ch=4)  # an RRDBNet variant spandrel cannot size
     with pytest.raises(ValueError, match=f"{odd}: weights do not fit"):
         load_step("upscale", {"model": str(odd)}, load_registry())
+
+
+def test_legacy_packages_import_on_current_torchvision():
+    """basicsr/realesrgan/gfpgan import `torchvision.transforms.functional_tensor`; the shim provides it."""
+    import subprocess
+    import sys
+
+    code = ("from preprocess.legacy_basicsr import import_basicsr; import_basicsr(); "
+            "from realesrgan import RealESRGANer; from gfpgan import GFPGANer; print('imported')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "imported", result.stderr[-2000:]
