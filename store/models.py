@@ -68,7 +68,10 @@ class Member(Base):
     """An image in a dataset: the unit curators review. `revision` guards concurrent edits."""
 
     __tablename__ = "members"
-    __table_args__ = (UniqueConstraint("dataset_id", "image_id"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "image_id"),
+        Index("ix_members_dataset_status_id", "dataset_id", "status", "id"),  # the dashboard grid's walk
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
@@ -140,7 +143,11 @@ class StepResult(Base):
 
 class Tag(Base):
     __tablename__ = "tags"
-    __table_args__ = (UniqueConstraint("member_id", "text"), Index("ix_tags_text", "text"))
+    __table_args__ = (
+        UniqueConstraint("member_id", "text"),
+        Index("ix_tags_text", "text"),
+        Index("ix_tags_text_member_status", "text", "member_id", "status"),  # tag filters read only the index
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
