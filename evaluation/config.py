@@ -48,7 +48,7 @@ class EvalPreset(BaseModel):
     aesthetic_model: str | None = "laion-aesthetic-v2"  # None: no aesthetic metric
 
     @model_validator(mode="after")
-    def _placeholders(self) -> "EvalPreset":
+    def _placeholders(self) -> EvalPreset:
         for prompt in self.prompts:
             try:
                 prompt.format(identifier="x", **{"class": "y"})
@@ -83,7 +83,7 @@ class Slot(BaseModel):
     publish_path: str | None = None  # the stable file users load (e.g. ComfyUI models/loras/subject.safetensors)
 
     @model_validator(mode="after")
-    def _known_metrics(self) -> "Slot":
+    def _known_metrics(self) -> Slot:
         for name in [self.primary_metric, *self.guards]:
             if name not in METRICS:
                 raise ValueError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")

@@ -40,7 +40,7 @@ class ClipEncoder:
     batch_size: int = 16
 
     @classmethod
-    def load(cls, name: str, registry: Registry, device: str = "auto") -> "ClipEncoder":
+    def load(cls, name: str, registry: Registry, device: str = "auto") -> ClipEncoder:
         from transformers import CLIPModel, CLIPProcessor
 
         resolved = registry.resolve(name, kind="clip")
@@ -85,7 +85,7 @@ class DinoEncoder:
     batch_size: int = 16
 
     @classmethod
-    def load(cls, name: str, registry: Registry, device: str = "auto") -> "DinoEncoder":
+    def load(cls, name: str, registry: Registry, device: str = "auto") -> DinoEncoder:
         from transformers import AutoImageProcessor, AutoModel
 
         resolved = registry.resolve(name, kind="dino")

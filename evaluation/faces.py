@@ -41,7 +41,7 @@ def largest_face(image: Image.Image, detector) -> tuple[int, int, int, int] | No
     if len(boxes) == 0:
         return None
     x, y, w, h = max(boxes, key=lambda b: int(b[2]) * int(b[3]))
-    pad = int(round(MARGIN * max(w, h)))
+    pad = round(MARGIN * max(w, h))
     return (max(0, x - pad), max(0, y - pad), min(rgb.shape[1], x + w + pad), min(rgb.shape[0], y + h + pad))
 
 
@@ -54,7 +54,7 @@ class FaceEmbedder:
     detector: Any
 
     @classmethod
-    def load(cls, name: str, registry: Registry) -> "FaceEmbedder":
+    def load(cls, name: str, registry: Registry) -> FaceEmbedder:
         import onnxruntime as ort
 
         resolved = registry.resolve(name, kind="face-embedder")

@@ -50,7 +50,7 @@ class Encoders:
     aesthetic: Any | None = None  # a preprocess LoadedStep
 
     @classmethod
-    def load(cls, preset: EvalPreset, registry: Registry) -> "Encoders":
+    def load(cls, preset: EvalPreset, registry: Registry) -> Encoders:
         from evaluation.encoders import ClipEncoder, DinoEncoder
         from evaluation.faces import FaceEmbedder
         from preprocess.steps import load_step

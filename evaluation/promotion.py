@@ -112,9 +112,16 @@ def latest_evaluation(session, run_id: int) -> Evaluation | None:
                           .order_by(Evaluation.id.desc()).limit(1))
 
 
-def challenge(store: Store, slot_name: str, slot: Slot, evaluation_id: int, decided_by: str = "auto") -> Decision:
-    """Compare an evaluated challenger with the slot's champion; promote it if it wins. Always recorded."""
+def challenge(store: Store, slot_name: str, slot: Slot, evaluation_id: int, decided_by: str = "auto",
+              champion_metrics: dict[str, Any] | None = None) -> Decision:
+    """Compare an evaluated challenger with the slot's champion; promote it if it wins. Always recorded.
+
+    `champion_metrics` replaces the champion's stored metrics (e.g. its samples re-scored against
+    the challenger's dataset version, so both are measured against the same images).
+    """
     champion = champion_of(store, slot_name)
+    if champion and champion_metrics is not None:
+        champion["metrics"] = champion_metrics
     with store.session() as session:
         evaluation = session.get(Evaluation, evaluation_id)
         if evaluation is None or evaluation.status != "succeeded":

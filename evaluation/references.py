@@ -7,7 +7,7 @@ the champion re-scored) read the vectors back. A face vector of zero length reco
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

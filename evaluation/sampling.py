@@ -7,8 +7,9 @@ DreamBooth run samples its own pipeline folder; the base model is sampled with t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 

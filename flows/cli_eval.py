@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,8 +25,8 @@ def _fmt(value) -> str:
 
 def eval_run(
     run: int = typer.Argument(..., help="training run id (see `atelier runs NAME`)"),
-    preset: Optional[Path] = typer.Option(None, "--preset", "-p", help="evaluation preset (default configs/eval/default.yaml)"),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="override a preset field: key=value (repeatable)"),
+    preset: Path | None = typer.Option(None, "--preset", "-p", help="evaluation preset (default configs/eval/default.yaml)"),
+    sets: list[str] | None = typer.Option(None, "--set", help="override a preset field: key=value (repeatable)"),
     force: bool = typer.Option(False, "--force", help="sample again even if an evaluation with this preset exists"),
     no_flow: bool = typer.Option(False, "--no-flow", help="run without Prefect (plain function)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
@@ -61,8 +60,8 @@ def eval_run(
 
 def runs(
     name: str = typer.Argument(..., help="dataset NAME to list its runs, or `diff` to compare two runs"),
-    a: Optional[int] = typer.Argument(None, help="with diff: the first run id"),
-    b: Optional[int] = typer.Argument(None, help="with diff: the second run id"),
+    a: int | None = typer.Argument(None, help="with diff: the first run id"),
+    b: int | None = typer.Argument(None, help="with diff: the second run id"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
     """`atelier runs NAME`: a dataset's training runs side by side; `atelier runs diff A B`: what differs."""
@@ -106,7 +105,7 @@ def runs(
 def promote(
     run: int = typer.Argument(..., help="training run id to make the champion"),
     slot: str = typer.Option("subject-lora", "--slot", help="model slot (configs/slots.yaml)"),
-    slots: Optional[Path] = typer.Option(None, "--slots", help=SLOTS_HELP),
+    slots: Path | None = typer.Option(None, "--slots", help=SLOTS_HELP),
     user: str = typer.Option("cli", "--user", help="recorded as the decider"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
@@ -129,7 +128,7 @@ def promote(
 
 def rollback(
     slot: str = typer.Argument(..., help="model slot whose previous champion to restore"),
-    slots: Optional[Path] = typer.Option(None, "--slots", help=SLOTS_HELP),
+    slots: Path | None = typer.Option(None, "--slots", help=SLOTS_HELP),
     user: str = typer.Option("cli", "--user", help="recorded as the decider"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
@@ -149,7 +148,7 @@ def rollback(
 
 def nightly(
     config: Path = typer.Option(Path("configs/nightly.yaml"), "--config", "-c", help="nightly config"),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="override a config field: key=value (repeatable)"),
+    sets: list[str] | None = typer.Option(None, "--set", help="override a config field: key=value (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
     """Run the nightly retrain once now: ingest → prepare → commit → train → evaluate → promote or keep."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prefect import flow
 from sqlalchemy import select
@@ -140,6 +141,43 @@ def evaluation_summary(store: Store, evaluation_id: int) -> dict[str, Any]:
         return {"evaluation_id": row.id, "run_id": row.run_id, "status": row.status, "metrics": row.metrics,
                 "per_prompt": row.per_prompt, "samples": count, "grid": grid, "grid_sha256": row.grid_sha256,
                 "preset_digest": row.preset.get("digest")}
+
+
+def rescore_evaluation(store: Store, evaluation_id: int, version_id: int, *, registry=None) -> dict[str, Any]:
+    """An evaluation's stored samples scored again against another dataset version's images (no sampling).
+
+    Returns metrics like Evaluation.metrics ({trained, base, lift, references}); nothing is written
+    except embeddings of the version's images (cached). Used to compare a champion with a challenger
+    trained on newer data on the same references.
+    """
+    from evaluation.metrics import Encoders, score_samples
+    from evaluation.references import reference_embeddings
+    from evaluation.sampling import GeneratedSample
+    from store.registry import load_registry
+
+    with store.session() as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        preset = load_preset({k: v for k, v in evaluation.preset.items() if k != "digest"})
+        rows = session.execute(select(Sample, Artifact).join(Artifact, Sample.artifact_id == Artifact.id)
+                               .where(Sample.evaluation_id == evaluation_id).order_by(Sample.id)).all()
+        stored = [(s.model, s.prompt, s.seed, a.sha256, a.ext) for s, a in rows]
+        entries = [tuple(e) for e in session.execute(select(VersionEntry.blob_sha256, VersionEntry.blob_ext)
+                                                     .where(VersionEntry.version_id == version_id)
+                                                     .order_by(VersionEntry.position)).all()]
+    if not stored:
+        raise ValueError(f"evaluation {evaluation_id} has no stored samples to re-score")
+    from PIL import Image
+
+    samples = []
+    for model, prompt, seed, sha, ext in stored:
+        with Image.open(io.BytesIO(store.blobs.get(sha, ext))) as image:
+            samples.append(GeneratedSample(model, prompt, prompt, seed, image.convert("RGB")))
+    encoders = Encoders.load(preset, registry or load_registry())
+    refs = reference_embeddings(store, entries, encoders)
+    _, overall, _ = score_samples(samples, refs, encoders)
+    overall["references"] = {"version_id": version_id, "images": len(entries),
+                             "faces": 0 if refs.faces is None else len(refs.faces)}
+    return overall
 
 
 @flow(name="evaluate", log_prints=False)

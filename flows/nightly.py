@@ -10,7 +10,7 @@ the reason (also in the report), and the next night starts from the stored state
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "| metric | champion | challenger | Δ |", "| --- | ---: | ---: | ---: |"]
         for key in [k for k in challenger if k not in ("samples",)]:
             a, b = champion.get(key), challenger.get(key)
-            fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
+            fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))
             delta = fmt(b - a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "–"
             lines.append(f"| {key} | {fmt(a)} | {fmt(b)} | {delta} |")
     if summary.get("decision"):
@@ -160,7 +160,7 @@ def run_nightly(config: NightlyConfig, log=print) -> dict[str, Any]:
             log(summary["reason"])
             return summary
         stage = "commit"
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
         summary["version"] = commit_or_latest(store, config.dataset, f"nightly {stamp}: {count} new images")
         stage = "train"
         try:
@@ -180,8 +180,17 @@ def run_nightly(config: NightlyConfig, log=print) -> dict[str, Any]:
         summary["evaluation_id"] = evaluate_flow(summary["run_id"], preset)
         evaluation = evaluation_summary(store, summary["evaluation_id"])
         summary["grid"] = evaluation["grid"]
+        champion_metrics = None
+        if champion and champion["evaluation_id"]:
+            # the champion's own samples against the new version's images: both measured on the same references
+            from flows.evaluate import rescore_evaluation
+            from store.models import TrainingRun
+
+            with store.session() as session:
+                version_id = session.get(TrainingRun, summary["run_id"]).version_id
+            champion_metrics = rescore_evaluation(store, champion["evaluation_id"], version_id).get("trained")
         stage = "promote"
-        decision = challenge(store, config.slot, slot, summary["evaluation_id"])
+        decision = challenge(store, config.slot, slot, summary["evaluation_id"], champion_metrics=champion_metrics)
         summary["metrics"] = {"champion": decision.numbers.get("champion"), "challenger": decision.numbers.get("challenger")}
         summary.update(status="promoted" if decision.promoted else "kept", decision=decision.action,
                        decision_reason=decision.reason, reason=decision.reason,

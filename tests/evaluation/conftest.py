@@ -71,7 +71,7 @@ def tiny_loras(tiny_sd_dir, tmp_path_factory) -> list[dict]:
 
 
 @pytest.fixture
-def eval_preset(tiny_clip, tiny_dino, tiny_face, tiny_aesthetic_head) -> dict:
+def eval_preset(tiny_clip, tiny_dino, tiny_face, tiny_aesthetic_head) -> dict:  # noqa: F811
     """The default preset's shape, sized for the tiny models on a CPU."""
     return {"prompts": ["a photo of {identifier} {class}", "a {identifier} {class} on the beach"],
             "seeds": [1, 2], "num_inference_steps": 2, "guidance_scale": 3.0, "height": 64, "width": 64,

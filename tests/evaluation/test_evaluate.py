@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -45,7 +46,7 @@ def test_evaluation_samples_trained_and_base_and_records_metrics(sqlite_store, p
     rows = _samples(store, first)
     assert len(rows) == 2 * 2 * 2  # prompts × seeds × (trained, base)
     assert {r[1] for r in rows} == {"a photo of sks person", "a sks person on the beach"}
-    model, prompt, seed, scores, sha, step, params, image_id = rows[0]
+    _, _, seed, scores, _, step, params, image_id = rows[0]
     assert step == "sample" and image_id is None and params["run"] == run_a and params["seed"] == seed
     assert params["settings"]["scheduler"] == "DPMSolverMultistepScheduler" and params["settings"]["height"] == 64
     assert {"clip_t", "clip_i", "dino", "aesthetic", "face_identity"} <= scores.keys()
@@ -64,6 +65,18 @@ def test_evaluation_samples_trained_and_base_and_records_metrics(sqlite_store, p
     assert set(summary["per_prompt"]["a sks person on the beach"]) == {"trained", "base"}
     grid = Image.open(io.BytesIO(store.blobs.get(summary["grid_sha256"], "png")))
     assert grid.size == (LABEL_WIDTH + 4 * 64 + 8, HEADER + 2 * 64)
+
+    # re-scoring the stored samples (lossless PNGs) on the same references gives the same numbers;
+    # on another version's images, other numbers
+    from flows.evaluate import rescore_evaluation
+
+    again = rescore_evaluation(store, first, version_id, registry=registry)
+    for model in ("trained", "base"):
+        for key, value in metrics[model].items():
+            assert again[model][key] == pytest.approx(value, abs=1e-4), (model, key)
+    other_version = add_subject(store, photos, tmp_path, names=["ellipses.jpg"])
+    other = rescore_evaluation(store, first, other_version, registry=registry)
+    assert other["references"]["images"] == 4 and other["trained"]["dino"] != pytest.approx(metrics["trained"]["dino"])
 
     # the same preset again: nothing is sampled twice
     assert run_evaluation(store, run_a, preset, registry=registry, log=lambda s: None) == first
@@ -121,7 +134,7 @@ def test_cli_eval_runs_diff_promote_rollback(sqlite_store, prefect_harness, phot
     assert summary["status"] == "succeeded" and summary["samples"] == 2 * 1 * 2
     assert run("eval", run_b, "--preset", preset_file, "--set", "seeds=[5]", "--no-flow").exit_code == 0
     bad = run("eval", run_a, "--preset", preset_file, "--set", "height=abc")
-    assert bad.exit_code == 1 and "height: Input should be a valid integer" in bad.output
+    assert bad.exit_code == 1 and "height: Input should be a valid integer" in " ".join(bad.output.split())
 
     listing = json.loads(run("runs", "subject", "--json").stdout)
     assert [r["run_id"] for r in listing["runs"]] == [run_b, run_a]
@@ -137,10 +150,29 @@ def test_cli_eval_runs_diff_promote_rollback(sqlite_store, prefect_harness, phot
     first = json.loads(run("promote", run_a, "--slot", "subject", "--slots", slots, "--json").stdout)
     assert first["action"] == "manual" and first["champion"]["run_id"] == run_a
     assert run("promote", run_b, "--slot", "subject", "--slots", slots).exit_code == 0
-    assert published.read_bytes() == open(tiny_loras[1]["path"], "rb").read()
+    assert published.read_bytes() == Path(tiny_loras[1]["path"]).read_bytes()
     back = json.loads(run("rollback", "subject", "--slots", slots, "--json").stdout)
-    assert back["run_id"] == run_a and published.read_bytes() == open(tiny_loras[0]["path"], "rb").read()
+    assert back["run_id"] == run_a and published.read_bytes() == Path(tiny_loras[0]["path"]).read_bytes()
     missing = run("rollback", "nosuch", "--slots", slots)
-    assert missing.exit_code == 1 and "no slot 'nosuch'" in missing.output
+    assert missing.exit_code == 1 and "no slot 'nosuch'" in " ".join(missing.output.split())
     listing = json.loads(run("runs", "subject", "--json").stdout)
     assert listing["runs"][1]["champion_of"] == ["subject"]
+
+
+def test_shipped_configs_are_valid_and_nightly_config_errors_name_the_field(atelier_env, tmp_path):
+    from evaluation.config import load_slots
+    from flows.cli import app
+    from flows.nightly import load_nightly
+
+    preset = load_preset()
+    assert len(preset.prompts) >= 10 and len(preset.seeds) >= 3
+    assert all("{identifier}" in p and "{class}" in p for p in preset.prompts)
+    assert "subject-lora" in load_slots()
+    assert load_nightly().slot == "subject-lora"
+    bad = tmp_path / "nightly.yaml"
+    bad.write_text(yaml.safe_dump({"dataset": "d", "sources": ["x"], "min_new_images": 0}))
+    result = CliRunner().invoke(app, ["nightly", "--config", str(bad)])
+    assert result.exit_code == 1
+    assert "nightly.yaml: min_new_images: Input should be greater than or equal to 1" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["nightly", "--config", str(bad), "--set", "min_new_images=2", "--set", "slot=nope"])
+    assert result.exit_code == 1 and "no slot 'nope'" in " ".join(result.output.split())

@@ -9,7 +9,14 @@ import torch
 from PIL import Image
 
 from evaluation.config import load_preset
-from evaluation.metrics import Encoders, References, mean_pairwise_distance, score_images, score_samples, summarise
+from evaluation.metrics import (
+    Encoders,
+    References,
+    mean_pairwise_distance,
+    score_images,
+    score_samples,
+    summarise,
+)
 from evaluation.sampling import GeneratedSample
 
 
@@ -46,7 +53,7 @@ def test_metrics_equal_a_direct_transformers_computation(encoders, images, tiny_
         r_clip = unit(clip.get_image_features(**processor(images=refs_images, return_tensors="pt")).pooler_output)
         t_clip = unit(clip.get_text_features(**processor(text=prompts, return_tensors="pt", padding=True)).pooler_output)
         dino = ViTModel.from_pretrained(tiny_dino, add_pooling_layer=False).eval()
-        dino_in = lambda ims: processor_dino(images=ims, return_tensors="pt")["pixel_values"]  # noqa: E731
+        dino_in = lambda ims: processor_dino(images=ims, return_tensors="pt")["pixel_values"]
         from transformers import ViTImageProcessor
 
         processor_dino = ViTImageProcessor.from_pretrained(tiny_dino)

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from evaluation.config import ConfigError, Slot, load_slots
-from evaluation.promotion import challenge, champion_of, decide, decisions, promote_by_hand, rollback
+from evaluation.promotion import (
+    challenge,
+    champion_of,
+    decide,
+    decisions,
+    promote_by_hand,
+    rollback,
+)
 from evaluation.publish import publish_file
 
 SLOT = Slot(primary_metric="dino", min_margin=0.02, guards={"clip_t": {"tolerance": 0.01}, "faces_missing": {"tolerance": 1}})
