@@ -37,3 +37,21 @@ def test_dreambooth_run_with_prior_preservation(tiny_sd_dir, kohya_folder, tmp_p
                          cache_dir=tmp_path / "cache", log=lines.append)
     assert not any("generating" in line for line in lines)
     assert again["metrics"]["latent_cache"]["misses"] == 0
+
+
+def test_dreambooth_lora_trains_a_lora_with_the_prior(tiny_sd_dir, kohya_folder, tmp_path):
+    from safetensors import safe_open
+
+    from training.config import load_config
+    from training.train import run_training
+
+    lines = []
+    config = load_config(tiny_config(tiny_sd_dir, method="dreambooth-lora", max_train_steps=2, enable_bucket=False,
+                                     instance_prompt="a photo of sks dog",
+                                     prior={"enabled": True, "num_class_images": 1, "num_inference_steps": 2,
+                                            "class_prompt": "a dog"}))
+    result = run_training(config, kohya_folder, tmp_path / "out", cache_dir=tmp_path / "cache", log=lines.append)
+    assert any("class images of 'a dog'" in line for line in lines)
+    assert set(result["outputs"]) == {"lora", "lora_peft", "samples"}
+    with safe_open(result["outputs"]["lora"]["path"], "pt") as handle:
+        assert handle.metadata()["modelspec.trigger_phrase"] == "sks dog"
