@@ -167,13 +167,13 @@ def save_lora_peft(folder: Path, pipeline_cls, layers: dict[str, torch.Tensor], 
 
 
 def save_dreambooth(folder: Path, pipeline, family: str) -> dict[str, dict[str, str]]:
-    """The fine-tuned pipeline as a diffusers folder, and (SD 1.x/2.x) an LDM single-file checkpoint."""
+    """The fine-tuned pipeline as a diffusers folder, and (SD 1.x) an LDM single-file checkpoint."""
     from training.ldm_keys import pipeline_to_ldm
 
     folder = Path(folder)
     pipeline.save_pretrained(folder / "pipeline", safe_serialization=True)
     outputs = {"pipeline": {"path": str(folder / "pipeline"), "sha256": sha256_folder(folder / "pipeline")}}
-    if family != "sdxl":  # SDXL's OpenCLIP single-file layout is not written yet
+    if family == "sd1":  # SD 2.x and SDXL keep OpenCLIP in their single files: that layout is not written yet
         path = folder / "model.safetensors"
         state = pipeline_to_ldm(pipeline.unet, pipeline.vae, pipeline.text_encoder)
         save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(path),
