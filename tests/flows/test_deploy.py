@@ -63,6 +63,7 @@ def test_deploy_registers_pools_and_deployments_and_a_worker_runs_prepare(prefec
     assert deployments["prepare"]["work_pool"] == "cpu" and deployments["prepare"]["cron"] is None
     assert deployments["nightly-prepare"]["cron"] == "0 1 * * *"
     assert deployments["train"]["work_pool"] == "gpu"
+    assert deployments["nightly-retrain"]["cron"] == "0 2 * * *" and deployments["nightly-retrain"]["work_pool"] == "gpu"
 
     started = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "prepare/prepare",
                               "-p", "dataset=demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
