@@ -162,8 +162,8 @@ def nightly(
         fail(str(error))
     summary = nightly_flow(str(config), overrides, return_state=True)
     result = summary.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        result = {"status": "failed", "reason": str(result)}
+    if isinstance(result, BaseException):  # NightlyFailed carries the night's summary (stage, reason)
+        result = getattr(result, "summary", None) or {"status": "failed", "reason": str(result)}
     emit(result, as_json)
     if not as_json:
         console.print(f"nightly: {result.get('status')} — {result.get('reason', '')}", highlight=False)

@@ -176,3 +176,41 @@ def test_shipped_configs_are_valid_and_nightly_config_errors_name_the_field(atel
     assert "nightly.yaml: min_new_images: Input should be greater than or equal to 1" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["nightly", "--config", str(bad), "--set", "min_new_images=2", "--set", "slot=nope"])
     assert result.exit_code == 1 and "no slot 'nope'" in " ".join(result.output.split())
+
+
+def test_lora_strength_zero_is_the_base_and_a_dreambooth_run_samples_its_own_pipeline(
+        sqlite_store, photos, tmp_path, tiny_sd_dir, tiny_loras, eval_preset, registry):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from flows.evaluate import run_evaluation
+    from store.models import TrainingRun
+
+    store = sqlite_store
+    version_id = add_subject(store, photos, tmp_path, names=["messi5.jpg"])
+    preset = load_preset({**eval_preset, "prompts": ["a photo of {identifier} {class}"], "lora_scale": 0.0})
+    rows = _samples(store, run_evaluation(store, add_run(store, version_id, tiny_sd_dir, tiny_loras[0]), preset,
+                                          registry=registry, log=lambda s: None))
+    by_key = {(r[0], r[2]): r[4] for r in rows}
+    assert all(by_key[("trained", seed)] == by_key[("base", seed)] for seed in (1, 2))  # strength 0: no change
+
+    # a DreamBooth run: its own diffusers folder (here the tiny SD with a nudged UNet)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, local_files_only=True)
+    with torch.no_grad():
+        for parameter in pipe.unet.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    pipe.save_pretrained(tmp_path / "db" / "pipeline")
+    run_id = add_run(store, version_id, tiny_sd_dir, None)
+    with store.session() as session:
+        run = session.get(TrainingRun, run_id)
+        run.method, run.outputs = "dreambooth", {"pipeline": {"path": str(tmp_path / "db" / "pipeline"), "sha256": "1" * 64}}
+    rows = _samples(store, run_evaluation(store, run_id, load_preset(eval_preset), registry=registry, log=lambda s: None))
+    dreambooth = {(r[0], r[1], r[2]): r for r in rows}
+    for (model, prompt, seed), row in dreambooth.items():
+        if model == "trained":
+            assert row[4] != dreambooth[("base", prompt, seed)][4]
+            assert row[6]["model"] == "trained"
+    with store.session() as session:
+        artifact = session.scalar(select(Artifact).where(Artifact.params["run"].as_integer() == run_id,
+                                                         Artifact.model_hash == "1" * 64).limit(1))
+        assert artifact is not None and artifact.model_id == str(tmp_path / "db" / "pipeline")

@@ -4,6 +4,7 @@ leaves the champion in place, and the night after retries the same images."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -44,6 +45,14 @@ def _night(setup):
     return state, state.result(raise_on_failure=False)
 
 
+def _cli(setup):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, ["nightly", "--config", setup["config"], "--json"])
+
+
 def _count(store, model, **where):
     with store.session() as session:
         query = select(func.count()).select_from(model)
@@ -72,8 +81,9 @@ def test_four_nights(nightly_setup, prefect_harness, photos, monkeypatch):
     report = Artifact.get("nightly-subject")
     assert "**promoted**" in report.data and "| dino |" in report.data and "![grid](" in report.data
 
-    state, summary = _night(nightly_setup)  # night 2: nothing new → nothing trained
-    assert state.is_completed() and summary["status"] == "no new data" and summary["new_images"] == 0
+    result = _cli(nightly_setup)  # night 2, from the CLI: nothing new → nothing trained
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 0 and summary["status"] == "no new data" and summary["new_images"] == 0
     assert _count(store, TrainingRun) == 1
 
     shutil.copy(photos / "leuvenB.jpg", incoming / "leuvenB.jpg")
@@ -94,9 +104,13 @@ def test_four_nights(nightly_setup, prefect_harness, photos, monkeypatch):
     state, summary = _night(nightly_setup)  # night 4: training crashes → champion untouched, run failed
     assert state.is_failed()
     assert "nightly failed at train: CUDA out of memory" in str(summary)
+    assert summary.summary["stage"] == "train" and summary.summary["run_id"] is not None
+    result = _cli(nightly_setup)  # the same night from the CLI: exit 1, the stage and reason in the JSON
+    assert result.exit_code == 1 and json.loads(result.stdout)["stage"] == "train"
+    assert "nightly failed at train: CUDA out of memory" in " ".join(result.output.split())
     assert champion_of(store, "subject")["run_id"] == champion["run_id"]
     assert nightly_setup["published"].read_bytes() == weights
-    assert _count(store, TrainingRun, status="failed") == 1 and _count(store, PromotionDecision) == 2
+    assert _count(store, TrainingRun, status="failed") == 2 and _count(store, PromotionDecision) == 2
     assert "at stage `train`" in Artifact.get("nightly-subject").data
 
     monkeypatch.delenv("ATELIER_TRAIN_LAUNCHER")
