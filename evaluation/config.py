@@ -118,11 +118,11 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     return raw
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
         both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if both else value
+        merged[key] = merge_overrides(merged[key], value) if both else value
     return merged
 
 
@@ -134,7 +134,7 @@ def load_preset(source: Path | str | dict | None = None, overrides: dict[str, An
         path = Path(source) if source else DEFAULT_PRESET
         raw, name = read_yaml(path), str(path)
     if overrides:
-        raw, name = _merge(raw, overrides), name + " (with --set overrides)"
+        raw, name = merge_overrides(raw, overrides), name + " (with --set overrides)"
     try:
         return EvalPreset.model_validate(raw)
     except ValidationError as error:

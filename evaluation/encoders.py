@@ -8,6 +8,7 @@ The face embedder and the aesthetic head live in evaluation/faces.py and preproc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,35 @@ def _normalise(tensor) -> np.ndarray:
 
 
 @dataclass
-class ClipEncoder:
+class ImageEncoder:
+    """A transformers vision model + its image processor; subclasses say which vector an image gets."""
+
     model: Any
     processor: Any
     device: str
     resolved: ResolvedModel
     batch_size: int = 16
 
+    @property
+    def model_hash(self) -> str:
+        return self.resolved.sha256
+
+    def vectors(self, pixel_values):  # (N, D) tensor for a batch of preprocessed pixels
+        raise NotImplementedError
+
+    def images(self, images: list[Image.Image]) -> np.ndarray:
+        """(N, D) unit vectors, in batches of `batch_size`."""
+        import torch
+
+        chunks = []
+        for batch in batches(images, self.batch_size):
+            pixels = self.processor(images=[rgb_on_white(im) for im in batch], return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                chunks.append(_normalise(self.vectors(pixels.to(self.device))))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+class ClipEncoder(ImageEncoder):
     @classmethod
     def load(cls, name: str, registry: Registry, device: str = "auto") -> ClipEncoder:
         from transformers import CLIPModel, CLIPProcessor
@@ -49,21 +72,9 @@ class ClipEncoder:
         model = CLIPModel.from_pretrained(folder).to(device).eval()
         return cls(model, CLIPProcessor.from_pretrained(folder), device, resolved)
 
-    @property
-    def model_hash(self) -> str:
-        return self.resolved.sha256
-
-    def images(self, images: list[Image.Image]) -> np.ndarray:
-        """(N, D) unit vectors: the projected pooled vision output."""
-        import torch
-
-        chunks = []
-        for batch in batches(images, self.batch_size):
-            pixels = self.processor(images=[rgb_on_white(im) for im in batch], return_tensors="pt")["pixel_values"]
-            with torch.inference_mode():
-                pooled = self.model.vision_model(pixel_values=pixels.to(self.device)).pooler_output
-                chunks.append(_normalise(self.model.visual_projection(pooled)))
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.projection_dim), np.float32)
+    def vectors(self, pixel_values):
+        """The projected pooled vision output (what CLIP compares with text)."""
+        return self.model.visual_projection(self.model.vision_model(pixel_values=pixel_values).pooler_output)
 
     def texts(self, texts: list[str]) -> np.ndarray:
         """(N, D) unit vectors: the projected pooled text output (prompts truncated to the model's length)."""
@@ -76,14 +87,7 @@ class ClipEncoder:
             return _normalise(self.model.text_projection(pooled))
 
 
-@dataclass
-class DinoEncoder:
-    model: Any
-    processor: Any
-    device: str
-    resolved: ResolvedModel
-    batch_size: int = 16
-
+class DinoEncoder(ImageEncoder):
     @classmethod
     def load(cls, name: str, registry: Registry, device: str = "auto") -> DinoEncoder:
         from transformers import AutoImageProcessor, AutoModel
@@ -91,25 +95,11 @@ class DinoEncoder:
         resolved = registry.resolve(name, kind="dino")
         folder = _folder(resolved, "dino_model")
         device = pick_device(device)
-        import json
-
         # DINO checkpoints carry no pooler; ask ViT not to build one (and not to warn about it)
         vit = json.loads((folder / "config.json").read_text()).get("model_type") == "vit"
         model = AutoModel.from_pretrained(folder, **({"add_pooling_layer": False} if vit else {})).to(device).eval()
         return cls(model, AutoImageProcessor.from_pretrained(folder), device, resolved)
 
-    @property
-    def model_hash(self) -> str:
-        return self.resolved.sha256
-
-    def images(self, images: list[Image.Image]) -> np.ndarray:
-        """(N, D) unit vectors: the CLS token of the last hidden layer."""
-        import torch
-
-        chunks = []
-        for batch in batches(images, self.batch_size):
-            pixels = self.processor(images=[rgb_on_white(im) for im in batch], return_tensors="pt")["pixel_values"]
-            with torch.inference_mode():
-                hidden = self.model(pixel_values=pixels.to(self.device)).last_hidden_state
-            chunks.append(_normalise(hidden[:, 0]))
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.hidden_size), np.float32)
+    def vectors(self, pixel_values):
+        """The CLS token of the last hidden layer."""
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evaluation.config import REPO_ROOT, ConfigError, _merge, describe, read_yaml
+from evaluation.config import REPO_ROOT, ConfigError, describe, merge_overrides, read_yaml
 
 DEFAULT_NIGHTLY = REPO_ROOT / "configs" / "nightly.yaml"
 
@@ -49,7 +49,7 @@ def load_nightly(path: Path | str | None = None, overrides: dict[str, Any] | Non
     path = Path(path) if path else DEFAULT_NIGHTLY
     raw, name = read_yaml(path), str(path)
     if overrides:
-        raw, name = _merge(raw, overrides), name + " (with --set overrides)"
+        raw, name = merge_overrides(raw, overrides), name + " (with --set overrides)"
     try:
         config = NightlyConfig.model_validate(raw)
     except ValidationError as error:
