@@ -61,7 +61,7 @@ def _count(store, model, **where):
         return session.scalar(query)
 
 
-def test_four_nights(nightly_setup, prefect_harness, photos, monkeypatch):
+def test_five_nights(nightly_setup, prefect_harness, photos, monkeypatch):
     from prefect.artifacts import Artifact
 
     from evaluation.promotion import champion_of
