@@ -27,7 +27,9 @@ from store.db import Store, open_store
 from store.registry import ModelMissing, load_registry
 from store.step_results import MemberState, advance, apply_to_member, find_results, load_member_states, record_result
 
-_LOADED: dict[tuple[str, str], LoadedStep] = {}
+# Loaded steps, per worker thread: model objects (OpenCV cascades among them) are not all safe to
+# call from two threads at once, so each worker thread loads its own copy once and reuses it.
+_LOADED = threading.local()
 # The terminal's progress callback. Not a flow parameter nor read in the flow's body: Prefect
 # serialises both (the flow function by value) and ships them to process or Dask workers.
 _PROGRESS: list[Callable[[str, int, int], None] | None] = [None]
@@ -35,12 +37,13 @@ _LOAD_LOCK = threading.Lock()
 
 
 def loaded_step(step: str, params: dict) -> LoadedStep:
-    """The step with its models, loaded once per worker process and reused for every batch."""
+    """The step with its models, loaded once per worker (thread or process) and reused for every batch."""
     key = (step, params_hash(params))
-    with _LOAD_LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = load_step(step, params, load_registry())
-        return _LOADED[key]
+    cache = _LOADED.__dict__.setdefault("steps", {})
+    if key not in cache:
+        with _LOAD_LOCK:  # loads one at a time: two copies of a large model never load at once
+            cache[key] = load_step(step, params, load_registry())
+    return cache[key]
 
 
 def _encode_png(image: Image.Image) -> bytes:
