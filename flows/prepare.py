@@ -20,11 +20,11 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import PipelineConfig, StepConfig, load_pipeline
 from preprocess.load import open_image
-from preprocess.steps import Item, LoadedStep, check_params, load_step, params_hash
+from preprocess.steps import Item, LoadedStep, check_params, load_step, model_fingerprint, params_hash
 from store.blobs import BlobStore
 from store.datasets import get_dataset
 from store.db import Store, open_store
-from store.registry import ModelMissing, load_registry
+from store.registry import load_registry
 from store.step_results import MemberState, advance, apply_to_member, find_results, load_member_states, record_result
 
 # Loaded steps, per worker thread: model objects (OpenCV cascades among them) are not all safe to
@@ -133,19 +133,8 @@ def _task_runner(config: PipelineConfig):
     return ThreadPoolTaskRunner(max_workers=config.workers)
 
 
-def _current_model_hash(model_id: str | None, cache: dict) -> str | None:
-    """The hash the weights named `model_id` have now ("" for weight-free backends, None if gone)."""
-    if not model_id:
-        return ""
-    if model_id not in cache:
-        try:
-            cache[model_id] = load_registry().resolve(model_id).sha256
-        except (ModelMissing, ValueError):
-            cache[model_id] = None
-    return cache[model_id]
-
-
-def plan_step(session, step: StepConfig, p_hash: str, states: list[MemberState], hashes: dict) -> tuple[list, list, list]:
+def plan_step(session, step: StepConfig, p_hash: str, fingerprint: str,
+              states: list[MemberState]) -> tuple[list, list, list]:
     """Split members into (cached, todo, not applicable) for this step."""
     live = [s for s in states if not s.failed]
     applicable = [s for s in live if all(c.holds(s.facts()) for c in step.when)]
@@ -154,7 +143,7 @@ def plan_step(session, step: StepConfig, p_hash: str, states: list[MemberState],
     cached, todo = [], []
     for state in applicable:
         hit = next((row for row in found.get(state.sha, []) if row.status == "done"
-                    and _current_model_hash((row.output or {}).get("model_id"), hashes) == row.model_hash), None)
+                    and row.model_hash == fingerprint), None)
         (cached if hit else todo).append((state, hit))
     return cached, [s for s, _ in todo], skipped
 
@@ -168,12 +157,13 @@ def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Cal
         ds = get_dataset(session, dataset)
         states = load_member_states(session, ds.id)
     summary: dict[str, Any] = {"dataset": dataset, "pipeline": config.name, "members": len(states), "steps": []}
-    hashes: dict[str, str | None] = {}
+    registry = load_registry()
     for step in config.steps:
         t0 = time.perf_counter()
         p_hash = params_hash(step.params)
+        fingerprint = model_fingerprint(step.step, step.params, registry)
         with store.session() as session:
-            cached, todo, skipped = plan_step(session, step, p_hash, states, hashes)
+            cached, todo, skipped = plan_step(session, step, p_hash, fingerprint, states)
             for state, row in cached:
                 advance(state, row, step.id, session)
         counts = {"step": step.id, "done": 0, "cached": len(cached), "not_applicable": len(skipped),
@@ -192,7 +182,7 @@ def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Cal
             with store.session() as session:  # one batch, one transaction: a kill loses at most this batch
                 for state, result in zip(batch, output["results"]):
                     row = record_result(session, state, step.step, output["params"], p_hash, output["backend"],
-                                        output["model_id"], output["model_hash"], result)
+                                        output["model_id"], output["model_hash"], fingerprint, result)
                     advance(state, row, step.id, session)
                     if result["status"] == "done":
                         counts["done"] += 1

@@ -114,5 +114,33 @@ def validate_params(model: type[BaseModel], params: dict[str, Any], step: str) -
         raise ValueError(f"step {step!r}: {where}: {first['msg']}") from None
 
 
+def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> str:
+    """A hash of every weight file the step's parameters name (defaults included), without loading them.
+
+    Each string parameter that is a registry name or an existing path counts: its file (or
+    folder) hash, or "missing" — so adding, replacing or removing weights changes the fingerprint.
+    "" for steps that name no weights at all.
+    """
+    from pathlib import Path
+
+    from store.registry import file_hash
+
+    check_params(name, params)
+    values = _PARAMS[name].model_validate(params).model_dump() if name in _PARAMS else dict(params)
+    parts = []
+    for key, value in sorted(values.items()):
+        if not isinstance(value, str) or not value:
+            continue
+        if value in registry.entries:
+            path = registry.locate(value)
+        elif ("/" in value or value.endswith((".pth", ".safetensors", ".onnx", ".ckpt", ".bin"))) \
+                and Path(value).expanduser().exists():
+            path = Path(value).expanduser()
+        else:
+            continue
+        parts.append(f"{key}={file_hash(path, registry.settings) if path is not None else 'missing'}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else ""
+
+
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()

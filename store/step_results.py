@@ -70,9 +70,13 @@ def find_results(session: Session, step: str, params_hash: str, input_shas: list
 
 
 def record_result(session: Session, state: MemberState, step: str, params: dict, params_hash: str,
-                  backend: str, model_id: str | None, model_hash: str, result: dict) -> StepResult:
-    """Record one computed result (and its artifact); replaces an earlier failure with the same key."""
-    key = dict(input_sha256=state.sha, step=step, params_hash=params_hash, model_hash=model_hash)
+                  backend: str, model_id: str | None, model_hash: str, fingerprint: str, result: dict) -> StepResult:
+    """Record one computed result (and its artifact); replaces an earlier failure with the same key.
+
+    The key's model part is the fingerprint of every weight file the step's parameters name
+    (preprocess.steps.model_fingerprint); `model_hash` (what the step itself reports) goes to the artifact.
+    """
+    key = dict(input_sha256=state.sha, step=step, params_hash=params_hash, model_hash=fingerprint)
     row = session.scalar(select(StepResult).filter_by(**key)) or StepResult(**key)
     artifact_id = None
     if result["status"] == "done" and result.get("artifact"):

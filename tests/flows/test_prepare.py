@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,9 @@ def test_a_changed_parameter_reruns_that_step_and_the_ones_after(photos_dataset)
 
 def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tmp_path):
     store = photos_dataset
+    tagger = tmp_path / "wd14"
+    shutil.copytree(tiny_wd14, tagger)
+    tiny_wd14 = tagger
     config = {"name": "tagging", "batch_size": 3, "steps": [
         {"step": "quality"},
         {"step": "tag", "model": str(tiny_wd14), "params": {"general_threshold": 0.5, "character_threshold": 0.85},
@@ -108,6 +112,11 @@ def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tm
         assert "long hair" in tags  # 0.45 ≥ 0.3 now
         assert tags["1girl"].status == "accepted" and tags["solo"].status == "rejected"  # curator work survives
         assert session.scalar(select(func.count()).select_from(StepResult).where(StepResult.step == "tag")) == 14
+
+    # the same parameters, changed weights (the model folder's content): only the tag step runs again
+    (tagger / "selected_tags.csv").write_text((tagger / "selected_tags.csv").read_text() + "\n")
+    third = prepare("photos", path, overrides={"tag": {"general_threshold": 0.3}})
+    assert _step(third, "quality")["done"] == 0 and _step(third, "tag")["done"] == 7
 
 
 def test_rules_exclude_and_restore_members_without_deleting(photos_dataset, tmp_path):
