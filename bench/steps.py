@@ -45,11 +45,22 @@ def seconds_per_image(name: str, params: dict, item, repeat: int) -> tuple[float
     start = time.perf_counter()
     step = load_step(name, params, load_registry())
     loaded = time.perf_counter() - start
-    step.run([item])  # warm-up
+    if repeat > 1:
+        step.run([item])  # warm-up (with --repeat 1 the one timed run includes it)
     start = time.perf_counter()
     for _ in range(repeat):
         step.run([item])
     return loaded, (time.perf_counter() - start) / repeat, step.backend
+
+
+def backend_hint(step: str, params: dict) -> str:
+    """The backend a row will load, for --only (fallback rows have no model)."""
+    model = params.get("model")
+    guesses = {"align": ("opencv-cascade", "retinaface"), "upscale": ("lanczos", "realesrgan"),
+               "outpaint": ("opencv-inpaint", "sd-inpaint")}
+    if step == "restore":
+        return "codeformer" if "codeformer" in str(model) else "gfpgan"
+    return guesses[step][model is not None]
 
 
 def _rss_kib(field: str) -> int:
@@ -80,6 +91,7 @@ def main() -> None:
     parser.add_argument("--skip-real", action="store_true", help="fallbacks and memory only")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--only", help="comma-separated backends to time, e.g. realesrgan,sd-inpaint")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -124,6 +136,8 @@ def main() -> None:
         print(f"{'step':9} {'backend':16} {'input':>10} {'load s':>7} {'s/image':>8}")
         first: dict[str, tuple[str, float]] = {}  # step → (backend, s/image) of its first row: the fallback
         for name, params, item in rows:
+            if args.only and not set(args.only.split(",")) & {params.get("model", ""), name, backend_hint(name, params)}:
+                continue
             loaded, per_image, backend = seconds_per_image(name, params, item, args.repeat)
             base_backend, base = first.setdefault(name, (backend, per_image))
             ratio = f"  ×{per_image / base:.1f} vs {base_backend}" if base_backend != backend else ""

@@ -92,8 +92,8 @@ def load_upscale(params: dict, registry) -> LoadedStep:
                 image = item.image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
             else:
                 big = np.asarray(item.image.convert("RGB"))
-                # a x2 model is run twice when x4 is needed; then area-resize down to the exact size
-                passes = max(1, math.ceil(math.log(p.target / min(width, height), scale) - 1e-9))
+                # a x2 model runs twice when x4 is needed; a last stretch of up to 1.25× is left to Lanczos
+                passes = max(1, math.ceil(math.log(p.target / min(width, height) / 1.25, scale) - 1e-9))
                 for _ in range(passes):
                     big = upscale_tiled(big, network, scale, p.tile, p.tile_pad)
                 shrink = big.shape[1] >= size[0]
