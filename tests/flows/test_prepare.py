@@ -205,4 +205,4 @@ def test_process_and_dask_runners_give_the_threads_results(runner, photos, prefe
         with store.session() as session:
             outcomes[name] = sorted((p, n, round(v, 6)) for p, n, v in session.execute(
                 select(Member.source_path, Score.name, Score.value).join(Member, Score.member_id == Member.id)))
-    assert outcomes[runner] == outcomes["threads"] and len(outcomes["threads"]) == 7 * 6
+    assert outcomes[runner] == outcomes["threads"] and len(outcomes["threads"]) == 7 * 7  # 6 quality scores + faces
