@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from store.config_files import ConfigError, read_yaml
+from store.config_files import deep_merge as merge_overrides
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = REPO_ROOT / "configs" / "eval" / "default.yaml"
@@ -22,10 +24,6 @@ DEFAULT_SLOTS = REPO_ROOT / "configs" / "slots.yaml"
 # every metric a slot may name, and whether higher is better
 METRICS = {"clip_t": True, "clip_i": True, "dino": True, "aesthetic": True, "face_identity": True,
            "diversity": True, "faces_missing": False}
-
-
-class ConfigError(ValueError):
-    """A config that does not validate; the message names the file and the field."""
 
 
 class EvalPreset(BaseModel):
@@ -103,27 +101,6 @@ def describe(error: ValidationError, source: str) -> str:
         msg = item["msg"] if item["type"] != "extra_forbidden" else "unknown field (check the spelling)"
         lines.append(f"{source}: {field}: {msg}")
     return "; ".join(lines)
-
-
-def read_yaml(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return raw
-
-
-def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = merge_overrides(merged[key], value) if both else value
-    return merged
 
 
 def load_preset(source: Path | str | dict | None = None, overrides: dict[str, Any] | None = None) -> EvalPreset:

@@ -50,16 +50,6 @@ def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     return result
 
 
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def progress() -> Progress:
     """A rich progress bar on stderr (hidden when stderr is not a terminal, e.g. in CI logs)."""
     return Progress(

@@ -56,6 +56,7 @@ def step(
     except (ValueError, ModelMissing, UnsafeWeights) as error:
         fail(str(error))
     out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("")  # this run's lines only
     failures = 0
     with progress() as bar:
         task = bar.add_task(name, total=len(images))

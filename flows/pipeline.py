@@ -25,11 +25,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from preprocess.rules import Rule, parse_rules
 from preprocess.steps import STEP_MODULES
+from store.config_files import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = REPO_ROOT / "configs" / "pipeline"
@@ -140,14 +140,7 @@ def load_pipeline(path: Path | str | None = None, overrides: dict[str, Any] | No
     path = Path(path) if path else PIPELINES / "default.yaml"
     if not path.exists() and not path.suffix and (PIPELINES / f"{path}.yaml").exists():
         path = PIPELINES / f"{path}.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ValueError(f"{path}: pipeline file not found") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with `steps:`")
+    raw = read_yaml(path)
     raw = _apply_overrides(raw, overrides or {}, path)
     try:
         return PipelineConfig.model_validate(raw)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from store.config_files import ConfigError, deep_merge, read_yaml
 
 
 class CaptionConfig(BaseModel):
@@ -117,10 +118,6 @@ class TrainConfig(BaseModel):
         return self.method in ("lora", "dreambooth-lora")
 
 
-class ConfigError(ValueError):
-    """A config that does not validate; the message names the file and the field."""
-
-
 def validate_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
@@ -135,14 +132,6 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
         raise ConfigError("; ".join(lines)) from None
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _deep_merge(merged[key], value) if both_dicts else value
-    return merged
-
-
 def load_config(path: Path | str | dict | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """A preset file (or a dict) plus `--set` overrides (nested dicts) → a validated TrainConfig."""
     if isinstance(path, dict):
@@ -150,15 +139,8 @@ def load_config(path: Path | str | dict | None, overrides: dict[str, Any] | None
     elif path is None:
         raw, source = {}, "config"
     else:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-        source = str(path)
+        raw, source = read_yaml(path), str(path)
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
         source += " (with --set overrides)"
     return validate_config(raw, source)
