@@ -10,17 +10,12 @@ and a bulk edit of 10k images. Target: grid p95 ≤ 150 ms.
 from __future__ import annotations
 
 import argparse
-import io
-import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,36 +29,10 @@ from store.db import Store  # noqa: E402
 from store.models import Dataset, Image, Member, Score, Tag, User  # noqa: E402
 from store.settings import Settings  # noqa: E402
 from store.users import hash_password  # noqa: E402
+from tests.postgres_cluster import throwaway_postgres  # noqa: E402
 
-PG_BIN = Path(os.environ.get("ATELIER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PASSWORD = "bench password"
 TARGET_MS = 150.0
-
-
-@contextmanager
-def throwaway_postgres():
-    """A PostgreSQL cluster on loopback for the run (as tests/conftest.py starts one)."""
-    base = Path(tempfile.mkdtemp(prefix="atelier-bench-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "atelier"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
-                    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://atelier@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def bulk_insert(store: Store, model, columns: list[str], rows) -> None:
@@ -190,7 +159,8 @@ def main() -> None:
         path = Path(tempfile.mkdtemp(prefix="atelier-bench-db-")) / "atelier.db"
         results += run(f"sqlite:///{path}", "sqlite", args.images, args.tags_per_image, args.repeats)
     if args.db in ("postgres", "both"):
-        with throwaway_postgres() as url:
+        with throwaway_postgres() as server:
+            url = f"{server}/postgres"
             results += run(url, "postgres", args.images, args.tags_per_image, args.repeats)
     print("\nsummary (server time, ms; grid target p95 ≤ 150 ms)")
     for label, name, p50, p95 in results:

@@ -203,12 +203,7 @@ def load_detector(model: str, registry, fallback: str = "opencv-cascade", conf_t
     A registry model that is not on disk falls back to the cascade unless fallback="none"; a path
     the user gave that does not exist is always an error (ModelMissing).
     """
-    from store.registry import ModelMissing
-
-    try:
-        resolved = registry.resolve(model)
-    except ModelMissing as error:
-        if fallback == "none" or model not in registry.entries:
-            raise
-        return CascadeDetector(), None, "", str(error)
+    resolved, reason = registry.resolve_or_fallback(model, fallback != "none")
+    if resolved is None:
+        return CascadeDetector(), None, "", reason
     return RetinaFaceDetector(resolved.path, conf_threshold, max_faces), resolved.name, resolved.sha256, None

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from preprocess.face_detect import faces_moved
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
-from store.registry import ModelMissing
 
 
 class OutpaintParams(BaseModel):
@@ -105,13 +104,7 @@ def load_outpaint(params: dict, registry) -> LoadedStep:
     import torch
 
     p = validate_params(OutpaintParams, params, "outpaint")
-    fallback_reason = None
-    try:
-        resolved = registry.resolve(p.model)
-    except ModelMissing as error:
-        if p.fallback == "none" or p.model not in registry.entries:
-            raise
-        resolved, fallback_reason = None, str(error)
+    resolved, fallback_reason = registry.resolve_or_fallback(p.model, p.fallback != "none")
     if resolved is not None and not (resolved.path / "model_index.json").is_file():
         raise ValueError(f"step 'outpaint': model: {resolved.path} is not a diffusers folder (no model_index.json)")
     pipe = load_inpainting_pipeline(resolved.path) if resolved is not None else None

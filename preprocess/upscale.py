@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from preprocess.face_detect import faces_moved
 from preprocess.image_models import load_image_model
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
-from store.registry import ModelMissing
 
 
 class UpscaleParams(BaseModel):
@@ -61,12 +60,7 @@ def load_upscale(params: dict, registry) -> LoadedStep:
     import cv2
 
     p = validate_params(UpscaleParams, params, "upscale")
-    try:
-        resolved = registry.resolve(p.model)
-    except ModelMissing as error:
-        if p.fallback == "none" or p.model not in registry.entries:
-            raise
-        resolved, fallback_reason = None, str(error)
+    resolved, fallback_reason = registry.resolve_or_fallback(p.model, p.fallback != "none")
     if resolved is not None:
         descriptor = load_image_model(resolved.path, expect={"ESRGAN", "RealESRGAN"})
         backend, scale, network = "realesrgan", descriptor.scale, descriptor.model

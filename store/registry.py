@@ -155,6 +155,18 @@ class Registry:
             f"({', '.join(sorted(self.entries)) or 'empty'}) nor an existing file or folder"
         )
 
+    def resolve_or_fallback(self, name_or_path: str, fallback: bool) -> tuple[ResolvedModel | None, str | None]:
+        """(model, None), or (None, why) when a registry model is missing and the step may fall back.
+
+        A local path that does not exist is always an error: only registry models have fallbacks.
+        """
+        try:
+            return self.resolve(name_or_path), None
+        except ModelMissing as error:
+            if not fallback or name_or_path not in self.entries:
+                raise
+            return None, str(error)
+
     def missing_message(self, name: str) -> str:
         entry = self.entries[name]
         where = f" (get it from {entry.source})" if entry.source else ""

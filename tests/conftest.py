@@ -7,10 +7,6 @@ binaries (make test installs them), and every test gets its own database in it.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,7 +18,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PHOTOS = FIXTURES / "photos"
-PG_BIN = Path(os.environ.get("ATELIER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 @pytest.fixture(scope="session")
@@ -43,39 +38,18 @@ def prefect_harness():
         yield
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """URL prefix of a throwaway PostgreSQL cluster (or ATELIER_TEST_PG_URL if set)."""
     if url := os.environ.get("ATELIER_TEST_PG_URL"):
         yield url.rstrip("/")
         return
+    from tests.postgres_cluster import PG_BIN, throwaway_postgres
+
     if not (PG_BIN / "initdb").exists():
         pytest.fail(f"PostgreSQL binaries not found in {PG_BIN}: run `make test`, which installs them")
-    base = Path(tempfile.mkdtemp(prefix="atelier-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-    port = _free_port()
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "atelier"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
-                    "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                    "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://atelier@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with throwaway_postgres() as url:
+        yield url
 
 
 def new_pg_database(server_url: str) -> str:
