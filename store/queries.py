@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from sqlalchemy import Select, and_, case, exists, func, not_, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from store.models import Artifact, AuditEntry, Caption, Dataset, Image, Member, Score, Tag
 
@@ -206,11 +206,6 @@ def matching_member_ids(session: Session, dataset: int, f: GridFilter) -> list[i
 
 def _ordered(query: Select, f: GridFilter) -> Select:
     direction = (lambda c: c.desc()) if f.descending else (lambda c: c.asc())
-    if f.sort.startswith("score:"):
-        score = aliased(Score)
-        query = query.outerjoin(score, and_(score.member_id == Member.id, score.name == f.sort[6:]))
-        # members without the score go last either way
-        return query.order_by(score.value.is_(None), direction(score.value), direction(Member.id))
     if f.sort == "confidence":
         texts = f.tags_all + f.tags_any
         conf = select(func.max(Tag.confidence) if texts else func.min(Tag.confidence)).where(
@@ -219,6 +214,28 @@ def _ordered(query: Select, f: GridFilter) -> Select:
         return query.order_by(conf.is_(None), direction(conf), direction(Member.id))
     # ids grow with insertion, so id order is date-added order and uses the primary key
     return query.order_by(direction(Member.id))
+
+
+def _sorted_slice(session: Session, query: Select, f: GridFilter, offset: int, limit: int) -> list:
+    """Rows `offset`…`offset+limit` of the filtered list in the filter's order.
+
+    Sorting by a score reads the members that have it in score order (the (name, value) index
+    walks them, so the database never sorts every image), then the ones without it by id.
+    """
+    if not f.sort.startswith("score:"):
+        return session.execute(_ordered(query, f).limit(limit).offset(offset)).all()
+    name = f.sort[6:]
+    direction = (lambda c: c.desc()) if f.descending else (lambda c: c.asc())
+    scored = query.join(Score, and_(Score.member_id == Member.id, Score.name == name))
+    rows = session.execute(scored.order_by(direction(Score.value), direction(Member.id))
+                           .limit(limit).offset(offset)).all()
+    if len(rows) == limit:
+        return rows
+    n_scored = offset + len(rows) if rows else session.scalar(
+        select(func.count()).select_from(scored.with_only_columns(Member.id).subquery()))
+    has_score = select(Score.id).where(Score.member_id == Member.id, Score.name == name).exists()
+    unscored = query.where(~has_score).order_by(direction(Member.id))
+    return rows + session.execute(unscored.limit(limit - len(rows)).offset(max(0, offset - n_scored))).all()
 
 
 def _thumb_of(row) -> tuple[str, str]:
@@ -246,7 +263,7 @@ def grid_page(session: Session, dataset: int, f: GridFilter) -> dict[str, Any]:
         .outerjoin(Artifact, Artifact.id == Member.current_artifact_id)
         .where(*conds)
     )
-    rows = session.execute(_ordered(query, f).limit(f.per_page).offset((f.page - 1) * f.per_page)).all()
+    rows = _sorted_slice(session, query, f, (f.page - 1) * f.per_page, f.per_page)
     ids = [r.id for r in rows]
     scores: dict[int, dict[str, float]] = {}
     for member_id, name, value in session.execute(
@@ -270,8 +287,8 @@ def neighbour(session: Session, dataset: int, f: GridFilter, index: int) -> int 
     """The member id at position `index` of the filtered, sorted list (for next/previous)."""
     if index < 0:
         return None
-    query = _ordered(select(Member.id).where(*member_conditions(session, dataset, f)), f)
-    return session.scalar(query.limit(1).offset(index))
+    rows = _sorted_slice(session, select(Member.id).where(*member_conditions(session, dataset, f)), f, index, 1)
+    return rows[0].id if rows else None
 
 
 def tag_rows(session: Session, member_id: int) -> list[dict[str, Any]]:
