@@ -216,23 +216,26 @@ def _ordered(query: Select, f: GridFilter) -> Select:
     return query.order_by(direction(Member.id))
 
 
-def _sorted_slice(session: Session, query: Select, f: GridFilter, offset: int, limit: int) -> list:
-    """Rows `offset`…`offset+limit` of the filtered list in the filter's order.
+def _sorted_slice(session: Session, query: Select, conds: list, f: GridFilter, offset: int, limit: int) -> list:
+    """Rows `offset`…`offset+limit` of the filtered list (`query` filtered by `conds`) in the filter's order.
 
-    Sorting by a score reads the members that have it in score order (the (name, value) index
-    walks them, so the database never sorts every image), then the ones without it by id.
+    Sorting by a score walks the scores of that name in value order (the (name, value) index)
+    and keeps those whose member passes the filter, so the database never sorts every image;
+    members without the score follow, by id.
     """
     if not f.sort.startswith("score:"):
         return session.execute(_ordered(query, f).limit(limit).offset(offset)).all()
     name = f.sort[6:]
     direction = (lambda c: c.desc()) if f.descending else (lambda c: c.asc())
-    scored = query.join(Score, and_(Score.member_id == Member.id, Score.name == name))
-    rows = session.execute(scored.order_by(direction(Score.value), direction(Member.id))
-                           .limit(limit).offset(offset)).all()
+    passes = select(Member.id).where(Member.id == Score.member_id, *conds).exists()
+    scored = select(Score.member_id).where(Score.name == name, passes)
+    ids = list(session.scalars(scored.order_by(direction(Score.value), direction(Score.member_id))
+                               .limit(limit).offset(offset)))
+    by_id = {row.id: row for row in session.execute(query.where(Member.id.in_(ids)))} if ids else {}
+    rows = [by_id[i] for i in ids]
     if len(rows) == limit:
         return rows
-    n_scored = offset + len(rows) if rows else session.scalar(
-        select(func.count()).select_from(scored.with_only_columns(Member.id).subquery()))
+    n_scored = offset + len(rows) if rows else session.scalar(select(func.count()).select_from(scored.subquery()))
     has_score = select(Score.id).where(Score.member_id == Member.id, Score.name == name).exists()
     unscored = query.where(~has_score).order_by(direction(Member.id))
     return rows + session.execute(unscored.limit(limit - len(rows)).offset(max(0, offset - n_scored))).all()
@@ -263,7 +266,7 @@ def grid_page(session: Session, dataset: int, f: GridFilter) -> dict[str, Any]:
         .outerjoin(Artifact, Artifact.id == Member.current_artifact_id)
         .where(*conds)
     )
-    rows = _sorted_slice(session, query, f, (f.page - 1) * f.per_page, f.per_page)
+    rows = _sorted_slice(session, query, conds, f, (f.page - 1) * f.per_page, f.per_page)
     ids = [r.id for r in rows]
     scores: dict[int, dict[str, float]] = {}
     for member_id, name, value in session.execute(
@@ -287,7 +290,8 @@ def neighbour(session: Session, dataset: int, f: GridFilter, index: int) -> int 
     """The member id at position `index` of the filtered, sorted list (for next/previous)."""
     if index < 0:
         return None
-    rows = _sorted_slice(session, select(Member.id).where(*member_conditions(session, dataset, f)), f, index, 1)
+    conds = member_conditions(session, dataset, f)
+    rows = _sorted_slice(session, select(Member.id).where(*conds), conds, f, index, 1)
     return rows[0].id if rows else None
 
 
