@@ -46,7 +46,8 @@ def prepare(
                                   message if commit else None, on_progress)
         except (DatasetNotFound, ValueError) as error:
             fail(str(error))
-    summary.pop("report", None) if as_json else None
+    if as_json:  # the markdown and contact-sheet path are for the Prefect UI, not the JSON summary
+        summary.pop("report", None)
     emit(summary, as_json)
     if not as_json:
         for c in summary["steps"]:

@@ -135,17 +135,21 @@ def _task_runner(config: PipelineConfig):
 
 def plan_step(session, step: StepConfig, p_hash: str, fingerprint: str,
               states: list[MemberState]) -> tuple[list, list, list]:
-    """Split members into (cached, todo, not applicable) for this step."""
-    live = [s for s in states if not s.failed]
-    applicable = [s for s in live if all(c.holds(s.facts()) for c in step.when)]
-    skipped = [s for s in live if s not in applicable]
+    """Split members into (cached (state, result) pairs, todo, not applicable) for this step."""
+    applicable, skipped = [], []
+    for state in states:
+        if not state.failed:
+            (applicable if all(c.holds(state.facts()) for c in step.when) else skipped).append(state)
     found = find_results(session, step.step, p_hash, sorted({s.sha for s in applicable}))
     cached, todo = [], []
     for state in applicable:
         hit = next((row for row in found.get(state.sha, []) if row.status == "done"
                     and row.model_hash == fingerprint), None)
-        (cached if hit else todo).append((state, hit))
-    return cached, [s for s, _ in todo], skipped
+        if hit:
+            cached.append((state, hit))
+        else:
+            todo.append(state)
+    return cached, todo, skipped
 
 
 def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Callable | None = None,

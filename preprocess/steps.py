@@ -125,7 +125,7 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
 
     from store.registry import file_hash
 
-    check_params(name, params)
+    check_params(name, params)  # imports the step's module, so _PARAMS knows its model
     values = _PARAMS[name].model_validate(params).model_dump() if name in _PARAMS else dict(params)
     parts = []
     for key, value in sorted(values.items()):

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-from sqlalchemy import Select, and_, case, exists, func, not_, or_, select
+from sqlalchemy import Select, case, exists, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from store.models import Artifact, AuditEntry, Caption, Dataset, Image, Member, Score, Tag
