@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import PipelineConfig, StepConfig, load_pipeline
 from preprocess.load import open_image
+from preprocess.masks import carry_masks
 from preprocess.steps import Item, LoadedStep, check_params, load_step, model_fingerprint, params_hash
 from store.blobs import BlobStore
 from store.datasets import get_dataset
@@ -61,8 +62,10 @@ def run_batch(step: str, params: dict, blobs_url: str, items: list[dict]) -> dic
     for item in items:
         try:
             image = open_image(blobs.get(item["sha"], item["ext"]), max_pixels=1 << 40, min_side=1).image
+            masks = {name: Image.open(io.BytesIO(blobs.get(m["sha256"], m["ext"]))).convert("L")
+                     for name, m in (item.get("masks") or {}).items()}
             prepared.append(Item(image=image, name=item["name"], caption=item["caption"], tags=item["tags"],
-                                 meta=item["meta"]))
+                                 meta=item["meta"], masks=masks))
         except Exception as error:  # a blob that no longer decodes fails this image only
             prepared.append(f"cannot read input: {error}")
     good = [p for p in prepared if isinstance(p, Item)]
@@ -89,6 +92,16 @@ def run_batch(step: str, params: dict, blobs_url: str, items: list[dict]) -> dic
             data = _encode_png(output.image)
             result["artifact"] = {"sha256": blobs.put(data, "png"), "ext": "png",
                                   "width": output.image.width, "height": output.image.height}
+        if output.image is not None or output.masks:
+            try:
+                masks, dropped = carry_masks(entry.masks, entry.image.size, output.image, output.masks, step)
+            except ValueError as error:
+                results.append({"status": "failed", "error": str(error)})
+                continue
+            result["masks"] = {name: {"sha256": blobs.put(_encode_png(mask), "png"), "ext": "png",
+                                      "width": mask.width, "height": mask.height} for name, mask in sorted(masks.items())}
+            if dropped:
+                result["meta"] = {**result["meta"], "masks_dropped": dropped}
         results.append(result)
     return {"backend": loaded.backend, "model_id": loaded.model_id, "model_hash": loaded.model_hash,
             "params": loaded.params, "results": results}
@@ -174,7 +187,7 @@ def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Cal
                   "failed": [], "excluded": 0, "backend": None}
         batches = [todo[i:i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
         payloads = [[{"sha": s.sha, "ext": s.ext, "name": s.source_path, "caption": s.caption, "tags": s.tags,
-                      "meta": s.meta} for s in batch] for batch in batches]
+                      "meta": s.meta, "masks": s.masks} for s in batch] for batch in batches]
         if submit is not None:
             futures = [submit(step.step, step.params, store.settings.blobs_url, p) for p in payloads]
             outputs = (f.result() for f in futures)

@@ -4,8 +4,9 @@ With a Stable Diffusion inpainting model (a diffusers folder: the registry's "sd
 any local folder) the border is generated at `resolution` px, prompted by the image's caption when
 there is one, and scaled to the canvas. Without one, the documented fallback is an edge-aware
 fill: OpenCV inpainting (Telea) at low resolution plus a blur that grows away from the edge.
-Either way the original pixels are copied back unchanged, and meta["mask"] says which box is
-original so training can ignore the filled area.
+Either way the original pixels are copied back unchanged; meta["mask"] says which box is original
+and the "generated" mask (255 on the filled border) makes training give the filled area zero loss
+weight. Earlier masks are padded onto the square ("generated" with 255, others with 0).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from preprocess.face_detect import faces_moved
+from preprocess.masks import GENERATED, pad_mask
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
 
 
@@ -150,7 +152,12 @@ def load_outpaint(params: dict, registry) -> LoadedStep:
                 alpha = Image.new("L", (side, side), 255)
                 alpha.paste(item.image.getchannel("A"), (box[0], box[1]))
                 image.putalpha(alpha)
-            outputs.append(StepOutput(image=image, meta=meta))
+            generated = np.full((side, side), 255, np.uint8)
+            generated[box[1]:box[3], box[0]:box[2]] = 0
+            masks = {name: pad_mask(mask, (side, side), (box[0], box[1]), 255 if name == GENERATED else 0)
+                     for name, mask in item.masks.items()}
+            masks.setdefault(GENERATED, Image.fromarray(generated))  # a padded earlier one already covers the border
+            outputs.append(StepOutput(image=image, meta=meta, masks=masks))
         return outputs
 
     return LoadedStep("outpaint", backend, resolved.name if resolved else None, resolved.sha256 if resolved else "",

@@ -29,6 +29,7 @@ class Item:
     caption: str | None = None
     tags: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # merged metadata of earlier steps (faces, ...)
+    masks: dict[str, Image.Image] = field(default_factory=dict)  # earlier steps' masks ("L", this image's size)
 
 
 @dataclass
@@ -45,6 +46,11 @@ class StepOutput:
     tags: list[TagSuggestion] | None = None
     caption: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    # Masks, "L" images the size of the output image (or of the input when image is None), 255 = in the
+    # region. "generated": pixels the step invented (training gives them zero loss weight); "face": a
+    # face region (for face_loss_weight); other names are free. See preprocess/masks.py for how masks
+    # travel through later steps.
+    masks: dict[str, Image.Image] = field(default_factory=dict)
 
 
 @dataclass

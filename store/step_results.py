@@ -31,6 +31,7 @@ class MemberState:
     tags: list[str]
     artifact_id: int | None = None  # None: still the original
     meta: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, dict] = field(default_factory=dict)  # name → {sha256, ext} of the current image's masks
     scores: dict[str, float] = field(default_factory=dict)
     results: dict[str, int] = field(default_factory=dict)  # step id → step_results.id
     failed: str | None = None
@@ -88,9 +89,17 @@ def record_result(session: Session, state: MemberState, step: str, params: dict,
         session.add(artifact)
         session.flush()
         artifact_id = artifact.id
+    if result["status"] == "done" and result.get("masks"):
+        from store.masks import record_masks
+
+        record_masks(session, result["masks"], image_id=state.image_id,
+                     parent_id=artifact_id if artifact_id is not None else state.artifact_id, step=step,
+                     params_hash=params_hash, backend=backend, model_id=model_id, model_hash=model_hash)
     row.status = result["status"]
     row.output_artifact_id = artifact_id
     row.output = {k: result.get(k) for k in ("meta", "tags", "caption", "scores", "artifact")} | {"model_id": model_id}
+    if result.get("masks") is not None:
+        row.output["masks"] = result["masks"]
     row.backend = backend
     row.error = result.get("error")
     row.seconds = float(result.get("seconds", 0.0))
@@ -110,6 +119,8 @@ def advance(state: MemberState, row: StepResult, step_id: str, session: Session)
         state.sha, state.ext = artifact["sha256"], artifact["ext"]
         state.width, state.height = artifact["width"], artifact["height"]
         state.artifact_id = row.output_artifact_id
+    if output.get("masks") is not None:  # the step's output image's full set (its own + carried)
+        state.masks = dict(output["masks"])
     state.meta.update(output.get("meta") or {})
     state.scores.update(output.get("scores") or {})
     if output.get("caption"):

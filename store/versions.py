@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from store.datasets import get_dataset, lock_dataset
 from store.db import Store
+from store.masks import export_masks, masks_of_blob
 from store.models import Artifact, Dataset, DatasetVersion, Image, Member, Tag, VersionEntry
 
 EXPORT_FORMATS = ("kohya", "imagefolder")
@@ -158,7 +159,8 @@ def diff_versions(store: Store, dataset: str, a: int, b: int) -> dict:
 
 def _safe_stem(source_path: str) -> str:
     stem = PurePosixPath(source_path).stem
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "image"
+    # no dots: `NAME.mask.png` beside an image is its mask, so an image's own name never looks like one
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem)[:80] or "image"
 
 
 def _upright_bytes(store: Store, session: Session, entry: dict) -> tuple[bytes, str]:
@@ -206,12 +208,22 @@ def export_version(store: Store, dataset: str, number: int | None, fmt: str, out
             data, ext = _upright_bytes(store, session, entry)
             name = f"{index:05d}_{_safe_stem(entry['source_path'])}.{ext}"
             (staging / folder / name).write_bytes(data)
+            mask_files = {}
+            if masks := masks_of_blob(session, entry["blob_sha256"], entry["image_sha256"]):
+                blobs = {n: store.blobs.get(m["sha256"], m["ext"]) for n, m in masks.items()}
+                for suffix, png in export_masks(blobs).items():
+                    mask_name = Path(name).stem + suffix
+                    (staging / folder / mask_name).write_bytes(png)
+                    mask_files[suffix.removesuffix(".mask.png").lstrip(".") or "learn"] = mask_name
             text = training_text(entry["caption"], entry["tags"])
             if fmt == "kohya":
                 (staging / folder / name).with_suffix(".txt").write_text(text + "\n")
             else:
-                metadata.append({"file_name": name, "text": text, "caption": entry["caption"], "tags": entry["tags"],
-                                 "image_sha256": entry["image_sha256"]})
+                row = {"file_name": name, "text": text, "caption": entry["caption"], "tags": entry["tags"],
+                       "image_sha256": entry["image_sha256"]}
+                if mask_files:
+                    row["masks"] = mask_files
+                metadata.append(row)
         if fmt == "imagefolder":
             (staging / "metadata.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metadata))
         summary = {"dataset": dataset, "version": version.number, "format": fmt, "images": len(entries),

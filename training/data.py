@@ -34,6 +34,11 @@ class NoImagesFound(ValueError):
     """The training folder holds no images in `N_name/` subfolders; the message says what was seen."""
 
 
+def is_mask_file(path: Path) -> bool:
+    """`NAME.mask.png` / `NAME.<name>.mask.png` beside an image are its masks, not training images."""
+    return path.name.lower().endswith(".mask.png")
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -49,7 +54,7 @@ def scan_kohya_folder(root: Path, repeats: int | None = None) -> list[Example]:
         match = re.fullmatch(r"(\d+)_(.*)", sub.name)
         if not match:
             continue
-        for image in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for image in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p)):
             caption_file = image.with_suffix(".txt")
             caption = caption_file.read_text().strip() if caption_file.exists() else match[2]
             loaded = load_image_file(image)  # a bad file fails here, naming itself
