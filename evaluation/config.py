@@ -38,6 +38,8 @@ class EvalPreset(BaseModel):
     negative_prompt: str | None = None
     scheduler: str | None = None  # a diffusers scheduler class, e.g. DPMSolverMultistepScheduler; None: the model's
     lora_scale: float = Field(1.0, ge=0)  # LoRA strength for LoRA runs
+    hypernetwork_strength: float = Field(1.0, ge=0)  # for hypernetwork runs (A1111's "strength")
+    vae: str | None = None  # decode with this VAE (registry name or path); None: the run's training VAE, else the base's
     batch_size: int = Field(4, ge=1)  # images per pipeline call
     device: str = "auto"  # auto | cpu | cuda
     clip_model: str = "clip-vit-l14"
@@ -58,7 +60,8 @@ class EvalPreset(BaseModel):
     def sampler_settings(self) -> dict[str, Any]:
         """What a sample's lineage records: everything that changes the pixels."""
         return self.model_dump(include={"num_inference_steps", "guidance_scale", "height", "width",
-                                        "negative_prompt", "scheduler", "lora_scale"})
+                                        "negative_prompt", "scheduler", "lora_scale", "hypernetwork_strength",
+                                        "vae"})
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

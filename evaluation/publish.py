@@ -41,8 +41,10 @@ def publish_file(source: Path, target: Path) -> Path:
 
 
 def weights_file(method: str, outputs: dict[str, Any]) -> Path:
-    """The one file a run publishes: its kohya LoRA, or its single-file DreamBooth checkpoint."""
-    for key in (("lora",) if method in ("lora", "dreambooth-lora") else ("checkpoint", "lora")):
+    """The one file a run publishes: its kohya LoRA, single-file DreamBooth checkpoint, embedding or hypernetwork."""
+    keys = {"lora": ("lora",), "dreambooth-lora": ("lora",), "textual_inversion": ("embedding",),
+            "hypernetwork": ("hypernetwork",)}.get(method, ("checkpoint", "lora"))
+    for key in keys:
         if key in outputs and outputs[key].get("path"):
             return Path(outputs[key]["path"])
     raise ValueError(f"the {method} run has no weights file to publish (outputs: {', '.join(outputs) or 'none'})")

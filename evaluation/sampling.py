@@ -2,7 +2,10 @@
 
 The same (prompt, seed) always gives the same latents: each image has its own torch.Generator,
 so batching does not change a sample. A LoRA run samples base + LoRA at `lora_scale`; a
-DreamBooth run samples its own pipeline folder; the base model is sampled with the same settings.
+DreamBooth run samples its own pipeline folder; a textual-inversion run the base with its embedding
+loaded (its prompts use the placeholder token as the identifier); a hypernetwork run the base with
+the hypernetwork on its attention at `hypernetwork_strength`. The base model is sampled with the
+same settings, and both decode with the same VAE (the preset's `vae`, else the one the run trained with).
 """
 
 from __future__ import annotations
@@ -70,7 +73,13 @@ def generate(pipe, model: str, templates: list[str], preset: EvalPreset, identif
 
 
 def run_kind(method: str, outputs: dict[str, Any]) -> str:
-    """`lora` when the run has a LoRA file to apply on the base, `pipeline` for DreamBooth weights."""
+    """`lora` when the run has a LoRA file to apply on the base, `pipeline` for DreamBooth weights,
+    `embedding` (textual inversion) and `hypernetwork` for those methods' files."""
+    for kind, key in (("textual_inversion", "embedding"), ("hypernetwork", "hypernetwork")):
+        if method == kind:
+            if key not in outputs:
+                raise ValueError(f"the {method} run has no {key!r} output to sample (outputs: {', '.join(outputs) or 'none'})")
+            return key
     if method in ("lora", "dreambooth-lora") or ("lora" in outputs and "pipeline" not in outputs):
         if "lora" not in outputs:
             raise ValueError(f"the {method} run has no 'lora' output to sample (outputs: {', '.join(outputs) or 'none'})")
@@ -83,21 +92,37 @@ def run_kind(method: str, outputs: dict[str, Any]) -> str:
 def sample_run(method: str, outputs: dict[str, Any], base_model: str, base_model_config: str | None,
                templates: list[str], preset: EvalPreset, identifier: str | None, class_word: str | None,
                on_image: Callable[[], None] | None = None) -> list[GeneratedSample]:
-    """Samples of the trained model and of its base, same prompts, seeds and sampler settings."""
+    """Samples of the trained model and of its base, same prompts, seeds, sampler settings and VAE."""
     from training.models import load_base_model
+    from training.vae import swap_vae
 
     device = pick_device(preset.device)
     kind = run_kind(method, outputs)
-    base = load_base_model(base_model, base_model_config).pipeline.to(device)
+    vae = preset.vae or (outputs.get("vae") or {}).get("path")
+    if kind == "embedding":  # the placeholder token is the subject's word, for the base model too
+        identifier = outputs["embedding"]["token"]
+    base = load_base_model(base_model, base_model_config).pipeline
+    swap_vae(base, vae)
+    base.to(device)
     set_scheduler(base, preset.scheduler)
     samples = generate(base, "base", templates, preset, identifier, class_word, device, on_image)
+    trained = base
     if kind == "lora":
         base.load_lora_weights(outputs["lora"]["path"], adapter_name="trained")
         base.set_adapters(["trained"], adapter_weights=[preset.lora_scale])
-        trained = base
+    elif kind == "embedding":
+        from training.textual_inversion import load_into_pipeline
+
+        load_into_pipeline(base, outputs["embedding"]["path"], identifier)
+    elif kind == "hypernetwork":
+        from training.hypernetwork import Hypernetwork, apply_hypernetwork
+
+        apply_hypernetwork(base.unet, Hypernetwork.load(outputs["hypernetwork"]["path"]), preset.hypernetwork_strength)
     else:
         del base
-        trained = load_base_model(outputs["pipeline"]["path"]).pipeline.to(device)
+        trained = load_base_model(outputs["pipeline"]["path"]).pipeline
+        swap_vae(trained, vae)
+        trained.to(device)
         set_scheduler(trained, preset.scheduler)
     samples += generate(trained, "trained", templates, preset, identifier, class_word, device, on_image)
     return samples

@@ -81,10 +81,12 @@ def merge(
     base_alpha: float = typer.Option(0.0, "--base_alpha", "--base-alpha", help="weight of model B for UNet keys not named"),
     lora: Optional[Path] = typer.Option(None, "--lora", help="merge this kohya-layout LoRA into the result"),
     strength: float = typer.Option(1.0, "--strength", help="LoRA strength: W += strength · up·down · alpha/rank"),
+    vae: Optional[Path] = typer.Option(None, "--vae", help="bake this VAE (diffusers folder or .safetensors/.pt) "
+                                                             "into the result's first_stage_model.* keys"),
     dump_path: Path = typer.Option(..., "--dump_path", "--dump-path", help="output file (.safetensors or .ckpt)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout: which keys took which weight"),
 ) -> None:
-    """Block-weighted merge of two SD checkpoints (weight = model B's share), and/or a LoRA merged in."""
+    """Block-weighted merge of two SD checkpoints (weight = model B's share), a LoRA merged in, and/or a VAE baked in."""
     from store.registry import UnsafeWeights
     from training.merge import (
         MergeError,
@@ -95,8 +97,8 @@ def merge(
         save_checkpoint_file,
     )
 
-    if model_b is None and lora is None:
-        fail("give a second checkpoint to merge, or --lora FILE to merge a LoRA into the first")
+    if model_b is None and lora is None and vae is None:
+        fail("give a second checkpoint to merge, --lora FILE to merge a LoRA into the first, or --vae FILE to bake a VAE in")
     try:
         state = load_checkpoint_file(model_a)
         summary: dict = {"model_a": str(model_a)}
@@ -109,8 +111,14 @@ def merge(
         if lora is not None:
             state, summary["lora_merge"] = merge_lora(state, load_checkpoint_file(lora), strength)
             summary["lora"] = str(lora)
+        if vae is not None:
+            from training.vae import bake_vae
+
+            if not vae.exists():
+                raise MergeError(f"--vae: {vae}: no such file or folder")
+            state, summary["vae_bake"] = bake_vae(state, vae)
         save_checkpoint_file(state, dump_path)
-    except (MergeError, UnsafeWeights, OSError) as error:
+    except (MergeError, UnsafeWeights, OSError, ValueError) as error:
         fail(str(error))
     summary["dump_path"] = str(dump_path)
     emit(summary, as_json)

@@ -60,7 +60,8 @@ def _existing(store: Store, run_id: int, digest: str) -> int | None:
 def _store_samples(store: Store, evaluation_id: int, run_id: int, facts: dict, preset: EvalPreset,
                    samples: list, scored: list) -> None:
     settings = preset.sampler_settings
-    lora = facts["outputs"].get("lora") or facts["outputs"].get("pipeline") or {}
+    outputs = facts["outputs"]
+    lora = next((outputs[k] for k in ("lora", "pipeline", "embedding", "hypernetwork") if k in outputs), {})
     with store.session() as session:
         for sample, score in zip(samples, scored):
             sha = store.blobs.put(_png(sample.image), PNG)

@@ -70,9 +70,11 @@ def create_run(store: Store, dataset: str, version: int | None, config: dict | s
     from store.versions import export_version, get_version
     from training.config import load_config
     from training.models import resolve_base_model
+    from training.preflight import check_before_training
 
     cfg = load_config(config, overrides)  # a bad config fails before anything is recorded
     base = resolve_base_model(cfg.base_model)  # ModelMissing names the file to put where
+    check_before_training(cfg, base.path)  # tokens, VAE channels: fail before a run is recorded
     with store.session() as session:
         ds = get_dataset(session, dataset)
         ver = get_version(session, dataset, version)

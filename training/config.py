@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from store.config_files import ConfigError, deep_merge, read_yaml
 
@@ -41,13 +41,59 @@ class PriorPreservation(BaseModel):
     num_inference_steps: int = Field(25, ge=1)
 
 
+class TextualInversionConfig(BaseModel):
+    """A learned embedding for a new pseudo-word; only its rows of the token embedding train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    placeholder_token: str = "<sks>"  # the word prompts use; must not already be in the tokenizer
+    num_vectors: int = Field(1, ge=1, le=75)  # tokens it stands for: <sks>, <sks>_1, ... (as diffusers names them)
+    initializer_token: str = "person"  # a word that is ONE token; the new vectors start from its embedding
+
+
+class HypernetworkConfig(BaseModel):
+    """AUTOMATIC1111's hypernetwork: per context width, an MLP on the key input and one on the value input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer_structure: list[float] = [1, 2, 1]  # widths as multiples of the context width; starts and ends with 1
+    activation_func: str = "linear"  # linear | relu | leakyrelu | elu | swish | tanh | sigmoid | any torch.nn activation
+    add_layer_norm: bool = False
+    use_dropout: bool = False
+    dropout_structure: list[float] | None = None  # per layer, A1111's; default from use_dropout + last_layer_dropout
+    last_layer_dropout: bool = False
+    activate_output: bool = False
+    weight_init: Literal["Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal"] = "Normal"
+    enable_sizes: list[int] | None = None  # context widths that get a pair; default: every attention width of the UNet
+    strength: float = Field(1.0, ge=0)  # multiplier when sampling (validation); training always uses 1
+
+    @field_validator("layer_structure")
+    @classmethod
+    def _starts_and_ends_with_one(cls, value: list[float]) -> list[float]:
+        if len(value) < 2 or value[0] != 1 or value[-1] != 1:
+            raise ValueError(f"{value} must start and end with 1 (e.g. [1, 2, 1]): the MLP maps the context to its own width")
+        if any(width <= 0 for width in value):
+            raise ValueError(f"{value}: every width must be > 0")
+        return value
+
+    @model_validator(mode="after")
+    def _dropout(self) -> HypernetworkConfig:
+        if self.dropout_structure is not None:
+            if len(self.dropout_structure) != len(self.layer_structure):
+                raise ValueError("dropout_structure must have one entry per layer_structure entry")
+            if self.dropout_structure[-1] != 0 or any(not 0 <= p < 1 for p in self.dropout_structure):
+                raise ValueError("dropout_structure: each entry in [0, 1), the last one 0")
+        return self
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["lora", "dreambooth", "dreambooth-lora"] = "lora"
+    method: Literal["lora", "dreambooth", "dreambooth-lora", "textual_inversion", "hypernetwork"] = "lora"
     base_model: str  # registry name (configs/models.yaml) or a local diffusers folder / .safetensors
     base_model_config: str | None = None  # diffusers folder with the configs, for a single-file base_model
     model_family: Literal["auto", "sd1", "sd2", "sdxl"] = "auto"
+    vae: str | None = None  # registry name, diffusers VAE folder or single .safetensors/.pt; None: the base's own
 
     # data
     resolution: int = Field(512, ge=64)  # bucket area is resolution², sides multiples of bucket_reso_steps
@@ -69,6 +115,8 @@ class TrainConfig(BaseModel):
     train_text_encoder: bool = False
     text_encoder_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj"]
     prior: PriorPreservation = PriorPreservation()
+    textual_inversion: TextualInversionConfig = TextualInversionConfig()  # method: textual_inversion
+    hypernetwork: HypernetworkConfig = HypernetworkConfig()  # method: hypernetwork
 
     # optimisation
     max_train_steps: int = Field(1000, ge=1)
@@ -107,6 +155,8 @@ class TrainConfig(BaseModel):
             raise ValueError("min_bucket_reso must be <= max_bucket_reso")
         if self.method == "dreambooth" and self.train_text_encoder is False and self.text_encoder_lr:
             raise ValueError("text_encoder_lr is set but train_text_encoder is false")
+        if self.method in ("textual_inversion", "hypernetwork") and self.train_text_encoder:
+            raise ValueError(f"train_text_encoder: {self.method} trains only its own weights on a frozen model")
         return self
 
     @property

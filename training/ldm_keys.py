@@ -86,16 +86,23 @@ def vae_key_to_ldm(key: str, config: dict[str, Any]) -> str:
     return key  # conv_in, conv_out, norm_out, quant_conv, post_quant_conv keep their names
 
 
+def vae_state_to_ldm(state: dict[str, Any], up_blocks: int) -> dict[str, Any]:
+    """diffusers AutoencoderKL tensors → `first_stage_model.*` tensors (what a single-file checkpoint holds)."""
+    out = {}
+    for key, value in state.items():
+        ldm = vae_key_to_ldm(key, {"up_block_types": [None] * up_blocks})
+        if ".mid.attn_1." in ldm and ldm.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM stores attention projections as 1×1 convs
+        out[VAE_PREFIX + ldm] = value
+    return out
+
+
 def pipeline_to_ldm(unet, vae, text_encoder) -> dict[str, Any]:
     """One LDM-layout state dict (SD 1.x/2.x with a CLIP text encoder) from diffusers modules."""
     out: dict[str, Any] = {}
     for key, value in unet.state_dict().items():
         out[UNET_PREFIX + unet_key_to_ldm(key, unet.config)] = value
-    for key, value in vae.state_dict().items():
-        ldm = vae_key_to_ldm(key, vae.config)
-        if ".mid.attn_1." in ldm and ldm.endswith(".weight") and value.ndim == 2:
-            value = value[:, :, None, None]  # LDM stores attention projections as 1×1 convs
-        out[VAE_PREFIX + ldm] = value
+    out.update(vae_state_to_ldm(vae.state_dict(), len(vae.config["up_block_types"])))
     for key, value in text_encoder.state_dict().items():
         # transformers 5 drops the `text_model.` level in state_dict(); the LDM layout keeps it
         if not key.startswith(("text_model.", "text_projection")):

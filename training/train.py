@@ -1,6 +1,7 @@
 """The training loop, top to bottom: data → model → loop → checkpoints → exports.
 
-`run_training(config, data_dir, output_dir)` trains LoRA, DreamBooth or DreamBooth-LoRA on a
+`run_training(config, data_dir, output_dir)` trains LoRA, DreamBooth, DreamBooth-LoRA, textual inversion
+or a hypernetwork (training/textual_inversion.py, training/hypernetwork.py) on a
 kohya-layout folder and returns a result dict (metrics + outputs). It runs in-process; the flow
 starts it in a subprocess through `python -m training.run` so a crash cannot take the flow down.
 """
@@ -12,6 +13,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,37 @@ from training import data as D
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.models import load_base_model
+from training.vae import swap_vae
 
 
 def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:
     """A seed that depends only on (seed, step, micro-batch, stream): resume needs no generator state."""
     return int(hashlib.sha256(f"{seed}:{step}:{micro}:{stream}".encode()).hexdigest()[:15], 16)
+
+
+def method_for(config: TrainConfig, model, device):
+    """The trained part of a method that is not LoRA/DreamBooth (None for those): trained modules, prompt, export."""
+    if config.method == "textual_inversion":
+        from training.textual_inversion import TextualInversion
+
+        return TextualInversion(config, model, device)
+    if config.method == "hypernetwork":
+        from training.hypernetwork import HypernetworkTraining
+
+        return HypernetworkTraining(config, model, device)
+    return None
+
+
+@contextmanager
+def eval_mode(modules: dict[str, torch.nn.Module]):
+    """Trained modules in eval mode (no dropout) for validation samples, back to train mode after."""
+    for module in modules.values():
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in modules.values():
+            module.train()
 
 
 def encode_prompts(model, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -113,6 +141,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     # --- model ----------------------------------------------------------------------------
     torch.manual_seed(config.seed)
     model = load_base_model(config.base_model, config.base_model_config, config.model_family, resolved=base_model)
+    chosen_vae = swap_vae(model.pipeline, config.vae)  # None: the base model's own VAE
     pipe, unet, vae = model.pipeline, model.pipeline.unet, model.pipeline.vae
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     vae.requires_grad_(False)
@@ -120,7 +149,10 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     for encoder in model.text_encoders:
         encoder.requires_grad_(False)
     trained: dict[str, torch.nn.Module] = {"unet": unet}
-    if config.uses_lora:
+    method = method_for(config, model, device)  # textual inversion / hypernetwork: their own trained parts
+    if method is not None:
+        trained = method.trained
+    elif config.uses_lora:
         from peft import LoraConfig
 
         unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
@@ -157,7 +189,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         buckets = {i: D.assign_bucket(e.size, bucket_list) for i, e in enumerate(examples)}
     else:
         buckets = {i: (config.resolution, config.resolution) for i in range(len(examples))}
-    latents_cache = D.LatentCache(Path(cache_dir) / "latents", vae, model.sha256, device, torch.float32)
+    latents_cache = D.LatentCache(Path(cache_dir) / "latents", vae, chosen_vae.sha256 if chosen_vae else model.sha256,
+                                  device, torch.float32)
     epoch_length = len(D.epoch_batches(examples, buckets, config.train_batch_size, config.seed, 0))
     class_examples: list[D.Example] = []
     if config.prior.enabled:
@@ -182,8 +215,9 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate}]
     for name, module in trained.items():
         if name != "unet":
-            groups.append({"params": [p for p in module.parameters() if p.requires_grad],
-                           "lr": config.text_encoder_lr or config.learning_rate})
+            lr = config.text_encoder_lr if name.startswith("text_encoder") and config.text_encoder_lr else config.learning_rate
+            groups.append({"params": [p for p in module.parameters() if p.requires_grad], "lr": lr})
+    groups = [g for g in groups if g["params"]]  # textual inversion / hypernetwork leave the UNet frozen
     optimizer_cls = torch.optim.AdamW
     if config.use_8bit_adam:
         try:
@@ -232,6 +266,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             latents = torch.stack([D.sample_latents(latents_cache.get(e, bucket)[None], generator)[0] for e in batch])
             latents = latents * vae.config.scaling_factor
             prompts = [D.build_caption(e.caption, config, rng) for e in batch]
+            if method is not None:
+                prompts = [method.prompt(p) for p in prompts]
             loss = diffusion_loss(model, unet, scheduler, config, latents, prompts, batch, bucket, generator, device, autocast)
             if class_examples:
                 chosen = [class_examples[(index * len(batch) + j) % len(class_examples)] for j in range(len(batch))]
@@ -253,6 +289,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if method is not None:
+            method.after_step()  # textual inversion: the rest of the vocabulary back to the original
         if ema:
             ema.step(trainable)
         done = step + 1
@@ -266,7 +304,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         if done % 10 == 0 or done == config.max_train_steps or done == start_step + 1:
             log(f"step {done}/{config.max_train_steps} loss {total:.4f} lr {lr_scheduler.get_last_lr()[0]:.2e}")
         if config.validation_steps and config.validation_prompts and done % config.validation_steps == 0:
-            samples += validation_samples(pipe, config, output_dir, done, device, autocast)
+            with eval_mode(trained):
+                samples += validation_samples(pipe, config, output_dir, done, device, autocast)
         if done % config.checkpointing_steps == 0 or done == stop_at_step:
             save_checkpoint(checkpoints, done, trained, optimizer, lr_scheduler, scaler, ema,
                             {"loss_history": loss_history}, keep=config.checkpoints_total_limit)
@@ -283,7 +322,10 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         module.eval()
     if config.validation_prompts:
         samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device, autocast)
-    outputs = export_outputs(config, model, examples, output_dir, dataset, started_at)
+    outputs = method.export(output_dir, dataset, started_at) if method is not None else \
+        export_outputs(config, model, examples, output_dir, dataset, started_at)
+    if chosen_vae:
+        outputs["vae"] = chosen_vae.record()
     outputs["samples"] = samples
     tail = loss_history[-max(1, len(loss_history) // 10):]
     head = loss_history[: max(1, len(loss_history) // 10)]
