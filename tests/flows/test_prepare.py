@@ -38,16 +38,16 @@ def test_default_pipeline_end_to_end_then_a_rerun_does_nothing(photos_dataset):
     store = photos_dataset
     first = prepare("photos")
     assert [c["step"] for c in first["steps"]] == ["align", "upscale", "quality"]
-    assert _step(first, "align")["done"] == 7 and _step(first, "align")["backend"] == "opencv-cascade"
+    assert _step(first, "align")["done"] == 10 and _step(first, "align")["backend"] == "opencv-cascade"
     # messi5 (342 px), HappyFish (194) and ellipses (400) are below 512 on the short side
     upscale = _step(first, "upscale")
-    assert upscale["done"] == 3 and upscale["not_applicable"] == 4 and upscale["backend"] == "lanczos"
-    assert _step(first, "quality")["done"] == 7 and _step(first, "quality")["failed"] == []
+    assert upscale["done"] == 3 and upscale["not_applicable"] == 7 and upscale["backend"] == "lanczos"
+    assert _step(first, "quality")["done"] == 10 and _step(first, "quality")["failed"] == []
     with store.session() as session:
         from store.models import Artifact
 
         sharpness = session.scalars(select(Score.value).where(Score.name == "sharpness")).all()
-        assert len(sharpness) == 7 and all(v > 0 for v in sharpness)
+        assert len(sharpness) == 10 and all(v > 0 for v in sharpness)
         faces = dict(session.execute(select(Member.source_path, Score.value).join(Score, Score.member_id == Member.id)
                                      .where(Score.name == "faces")).all())
         assert faces["messi5.jpg"] == 1.0 and faces["leuvenB.jpg"] == 0.0
@@ -57,21 +57,21 @@ def test_default_pipeline_end_to_end_then_a_rerun_does_nothing(photos_dataset):
         assert min(upscaled["messi5.jpg"].width, upscaled["messi5.jpg"].height) == 512
         assert upscaled["messi5.jpg"].step == "upscale" and upscaled["messi5.jpg"].backend == "lanczos"
     report = first["report"]
-    assert "| upscale | lanczos | 3 | 0 | 4 |" in report["markdown"] and Path(report["contact_sheet"]).exists()
+    assert "| upscale | lanczos | 3 | 0 | 7 |" in report["markdown"] and Path(report["contact_sheet"]).exists()
 
     again = prepare("photos", commit_message="prepared")
     assert all(c["done"] == 0 for c in again["steps"])  # zero step executions
-    assert [c["cached"] for c in again["steps"]] == [7, 3, 7]
-    assert again["version"]["number"] == 1 and again["version"]["entries"] == 7
+    assert [c["cached"] for c in again["steps"]] == [10, 3, 10]
+    assert again["version"]["number"] == 1 and again["version"]["entries"] == 10
 
 
 def test_a_changed_parameter_reruns_that_step_and_the_ones_after(photos_dataset):
     prepare("photos")
     changed = prepare("photos", overrides={"upscale": {"target": 640, "when": "short_side < 640"}})
     align, upscale, quality = changed["steps"]
-    assert align["done"] == 0 and align["cached"] == 7
-    assert upscale["done"] == 4 and upscale["cached"] == 0  # leuvenB (563 px) now qualifies too
-    assert quality["done"] == 4 and quality["cached"] == 3  # new images after upscale; the rest unchanged
+    assert align["done"] == 0 and align["cached"] == 10
+    assert upscale["done"] == 5 and upscale["cached"] == 0  # leuvenB (563 px) and astronaut (512) now qualify too
+    assert quality["done"] == 5 and quality["cached"] == 5  # new images after upscale; the rest unchanged
     back = prepare("photos")  # the old parameters: everything is still cached
     assert [c["done"] for c in back["steps"]] == [0, 0, 0]
 
@@ -88,7 +88,7 @@ def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tm
     ]}
     path = _write(tmp_path, "tagging.yaml", config)
     first = prepare("photos", path)
-    assert _step(first, "tag")["done"] == 7 and _step(first, "tag")["backend"] == "wd14-onnx"
+    assert _step(first, "tag")["done"] == 10 and _step(first, "tag")["backend"] == "wd14-onnx"
     with store.session() as session:
         messi = session.scalar(select(Member).where(Member.source_path == "messi5.jpg"))
         tags = {t.text: t for t in session.scalars(select(Tag).where(Tag.member_id == messi.id))}
@@ -105,30 +105,32 @@ def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tm
 
     # lower the general threshold: only the tag step runs again, quality stays cached
     second = prepare("photos", path, overrides={"tag": {"general_threshold": 0.3}})
-    assert _step(second, "quality") | {"seconds": 0} == _step(first, "quality") | {"done": 0, "cached": 7, "seconds": 0, "backend": None}
-    assert _step(second, "tag")["done"] == 7
+    assert _step(second, "quality") | {"seconds": 0} == _step(first, "quality") | {"done": 0, "cached": 10, "seconds": 0, "backend": None}
+    assert _step(second, "tag")["done"] == 10
     with store.session() as session:
         tags = {t.text: t for t in session.scalars(select(Tag).where(Tag.member_id == messi_id))}
         assert "long hair" in tags  # 0.45 ≥ 0.3 now
         assert tags["1girl"].status == "accepted" and tags["solo"].status == "rejected"  # curator work survives
-        assert session.scalar(select(func.count()).select_from(StepResult).where(StepResult.step == "tag")) == 14
+        assert session.scalar(select(func.count()).select_from(StepResult).where(StepResult.step == "tag")) == 20
 
     # the same parameters, changed weights (the model folder's content): only the tag step runs again
     (tagger / "selected_tags.csv").write_text((tagger / "selected_tags.csv").read_text() + "\n")
     third = prepare("photos", path, overrides={"tag": {"general_threshold": 0.3}})
-    assert _step(third, "quality")["done"] == 0 and _step(third, "tag")["done"] == 7
+    assert _step(third, "quality")["done"] == 0 and _step(third, "tag")["done"] == 10
 
 
 def test_rules_exclude_and_restore_members_without_deleting(photos_dataset, tmp_path):
     store = photos_dataset
     strict = _write(tmp_path, "strict.yaml", {"steps": [{"step": "quality", "exclude_when": ["resolution < 1000"]}]})
     summary = prepare("photos", strict)
-    # messi5 548×342, HappyFish 259×194, leuvenB 751×563, ellipses 400×533 are below 1000 px on the long side
-    assert summary["applied"]["excluded"] == 4 and _step(summary, "quality")["excluded"] == 4
+    # messi5 548×342, HappyFish 259×194, leuvenB 751×563, ellipses 400×533, astronaut 512×512,
+    # obama 910×1137 and biden 970×2204 are below 1000 px on the short side
+    assert summary["applied"]["excluded"] == 7 and _step(summary, "quality")["excluded"] == 7
     with store.session() as session:
         reasons = dict(session.execute(select(Member.source_path, Member.excluded_reason)
                                        .where(Member.status == "excluded")).all())
-        assert set(reasons) == {"messi5.jpg", "HappyFish.jpg", "leuvenB.jpg", "ellipses.jpg"}
+        assert set(reasons) == {"messi5.jpg", "HappyFish.jpg", "leuvenB.jpg", "ellipses.jpg", "astronaut.png",
+                                "obama.jpg", "biden.jpg"}
         assert reasons["messi5.jpg"].startswith("rule: resolution")
         # a curator excludes an image by hand: rules never bring it back
         elarun = session.scalar(select(Member).where(Member.source_path == "Elarun_2560x1600.png"))
@@ -201,8 +203,8 @@ def test_process_and_dask_runners_give_the_threads_results(runner, photos, prefe
         store = open_store()
         ingest(store, [photos], "photos")
         summary = prepare("photos", overrides={"task_runner": name, "workers": 2, "batch_size": 4})
-        assert _step(summary, "quality")["done"] == 7
+        assert _step(summary, "quality")["done"] == 10
         with store.session() as session:
             outcomes[name] = sorted((p, n, round(v, 6)) for p, n, v in session.execute(
                 select(Member.source_path, Score.name, Score.value).join(Member, Score.member_id == Member.id)))
-    assert outcomes[runner] == outcomes["threads"] and len(outcomes["threads"]) == 7 * 7  # 6 quality scores + faces
+    assert outcomes[runner] == outcomes["threads"] and len(outcomes["threads"]) == 10 * 7  # 6 quality scores + faces

@@ -77,7 +77,7 @@ def test_kill_minus_nine_then_rerun_gives_the_uninterrupted_state(tmp_path, phot
     _make_photos(src, photos)
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({"name": "kill", "batch_size": 2, "workers": 1, "steps": [
-        {"step": "upscale", "params": {"target": 512}, "when": "short_side < 512"},  # the 270 px MilkyWay crops
+        {"step": "upscale", "params": {"target": 512, "fallback": "lanczos"}, "when": "short_side < 512"},  # the 270 px MilkyWay crops
         {"step": "quality"},
         {"step": "tag", "model": str(tiny_wd14), "params": {"general_threshold": 0.4}},
     ]}))

@@ -63,7 +63,7 @@ def test_large_images_pass_through(atelier_env, photos):
 
 def test_lanczos_fallback_is_recorded_and_keeps_alpha(atelier_env, photos):
     art = load_image_file(photos / "FlyingKonqui_2560x1600.png").image.resize((320, 200))
-    step = load_step("upscale", {"target": 400}, load_registry())
+    step = load_step("upscale", {"target": 400, "fallback": "lanczos"}, load_registry())
     assert step.backend == "lanczos" and step.model_id is None
     out = step.run([Item(image=art)])[0]
     assert out.image.size == (640, 400) and out.image.mode == "RGBA"
