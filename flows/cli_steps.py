@@ -1,49 +1,28 @@
-"""`atelier models` and `atelier step`: the model registry and one step tried by hand."""
+"""`atelier models` (flows/cli_models.py) and `atelier step`: the model registry and one step tried by hand."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from flows.cli_common import console, emit, fail, parse_sets, progress
+from flows.cli_common import console, fail, parse_sets, progress
 
 
 def register(app: typer.Typer) -> None:
-    app.command("models")(models)
+    from flows.cli_models import models_app
+
+    app.add_typer(models_app, name="models")
     app.command("step")(step)
-
-
-def models(as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout")) -> None:
-    """List every model in configs/models.yaml: present, missing (with where to put it) or wrong hash."""
-    from store.registry import load_registry
-
-    try:
-        registry = load_registry()
-    except ValueError as error:
-        fail(str(error))
-    rows = [dataclasses.asdict(row) for row in registry.status()]
-    if as_json:
-        emit({"models_dir": str(registry.models_dir), "models": rows}, True)
-        return
-    from rich.table import Table
-
-    table = Table("name", "kind", "status", "path")
-    colour = {"present": "green", "missing": "yellow", "wrong-hash": "red"}
-    for row in rows:
-        table.add_row(row["name"], row["kind"], f"[{colour[row['status']]}]{row['status']}", row["path"])
-    console.print(table)
-    console.print(f"models folder: {registry.models_dir} (set ATELIER_MODELS to change it)")
 
 
 def step(
     name: str = typer.Argument(..., help="align, restore, upscale, outpaint, tag, caption, aesthetic, quality"),
     images: list[Path] = typer.Argument(..., help="image files"),
     out: Path = typer.Option(..., "--out", help="folder for the results"),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="parameter override, key=value"),
+    sets: list[str] | None = typer.Option(None, "--set", help="parameter override, key=value"),
     as_json: bool = typer.Option(False, "--json", help="a JSON line per image on stdout"),
 ) -> None:
     """Run one step on files and write the results: the way to check a setting before a whole flow."""

@@ -1,6 +1,7 @@
 """The local model registry: `configs/models.yaml` + a models folder + the local Hugging Face cache.
 
-Nothing is ever downloaded. A missing model is reported with the exact path to put it at.
+Nothing is downloaded at run time (only `atelier models pull`, store/model_pull.py, goes online). A missing
+model is reported with the exact path to put it at.
 Weights load safely: safetensors first; pickled checkpoints only with `weights_only=True`.
 """
 
@@ -39,6 +40,9 @@ class ModelEntry(BaseModel):
     hf_repo: str | None = None  # also looked up in the local Hugging Face cache
     sha256: str | None = None  # expected hash of the file, where known
     source: str = ""  # where users get it
+    url: str | None = None  # direct download of the file, for `atelier models pull`
+    files: list[str] | None = None  # hub entries: the files to fetch (glob patterns); None: the whole repo
+    file_sha256: dict[str, str] = {}  # hub entries: published sha256 of files (the hub's LFS oids)
     notes: str = ""
 
 
@@ -171,7 +175,8 @@ class Registry:
         entry = self.entries[name]
         where = f" (get it from {entry.source})" if entry.source else ""
         hf = f", or have {entry.hf_repo} in the local Hugging Face cache" if entry.hf_repo else ""
-        return f"model {name!r} ({entry.kind}) is missing: put it at {self.expected_path(name)}{hf}{where}"
+        pull = f"; online, `atelier models pull {name}` fetches it" if entry.url or entry.hf_repo else ""
+        return f"model {name!r} ({entry.kind}) is missing: put it at {self.expected_path(name)}{hf}{where}{pull}"
 
     def status(self) -> list[ModelStatus]:
         rows = []
