@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "flows.cli_prepare",  # prepare, deploy
     "flows.cli_train",  # train, merge
     "flows.cli_eval",  # eval, runs, promote, rollback, nightly
+    "flows.cli_server",  # server start|stop|status
     "dashboards.cli",  # serve, users
 ]
 

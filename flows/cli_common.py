@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
@@ -64,3 +66,42 @@ def progress() -> Progress:
         redirect_stderr=False,
         disable=not console.is_terminal,
     )
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Around a command's flow calls: the Prefect API to use (PREFECT_API_URL, or this home's local
+    server, started in the background on first use and reused by later commands)."""
+    from flows.prefect_server import PrefectUnavailable, ensure_api
+
+    try:
+        url, started = ensure_api()
+    except PrefectUnavailable as error:
+        fail(str(error))
+    if started:
+        console.print(f"started the Prefect server for this home: UI at {url.removesuffix('/api')} "
+                      "(`atelier server stop` stops it)", highlight=False)
+    before = os.environ.get("PREFECT_API_URL")
+    # before Prefect reads its settings: this process's threads and the processes a flow starts
+    # (process and Dask task runners) see the same API
+    os.environ["PREFECT_API_URL"] = url
+    loaded_before = "prefect.context" in sys.modules
+    import prefect.context
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
+
+    if loaded_before and prefect.context.GLOBAL_SETTINGS_CONTEXT.settings.api.url != url:
+        prefect.context.refresh_global_settings_context()
+    try:
+        # no heartbeat thread for a flow run in this process: its stop waits out a 1 s sleep
+        # (half a second per command) and nothing here listens for heartbeats
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield url
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before

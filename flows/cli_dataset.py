@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_common import console, emit, fail, progress
+from flows.cli_common import console, emit, fail, prefect_api, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -80,7 +80,7 @@ def ingest(
     except ValueError as error:
         fail(str(error))
     _store()
-    with progress() as bar:
+    with prefect_api(), progress() as bar:
         task = bar.add_task(f"ingest {dataset}", total=None)
         report = ingest_flow([str(s) for s in sources], dataset, options,
                              dataset_settings={"identifier": identifier, "class_word": class_word, "repeats": repeats},

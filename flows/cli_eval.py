@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli_common import console, emit, fail, parse_sets
+from flows.cli_common import console, emit, fail, parse_sets, prefect_api
 
 SLOTS_HELP = "slots file (default configs/slots.yaml)"
 
@@ -45,7 +45,8 @@ def eval_run(
             evaluation_id = run_evaluation(store, run, config, force=force,
                                            log=lambda line: console.print(line, highlight=False))
         else:
-            evaluation_id = evaluate_flow(run, str(preset) if preset else None, overrides, force)
+            with prefect_api():
+                evaluation_id = evaluate_flow(run, str(preset) if preset else None, overrides, force)
     except (ConfigError, ModelMissing, LookupError, ValueError) as error:
         fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     summary = evaluation_summary(store, evaluation_id)
@@ -160,7 +161,8 @@ def nightly(
         load_nightly(config, overrides)  # a bad config fails before the flow starts
     except ConfigError as error:
         fail(str(error))
-    summary = nightly_flow(str(config), overrides, return_state=True)
+    with prefect_api():
+        summary = nightly_flow(str(config), overrides, return_state=True)
     result = summary.result(raise_on_failure=False)
     if isinstance(result, BaseException):  # NightlyFailed carries the night's summary (stage, reason)
         result = getattr(result, "summary", None) or {"status": "failed", "reason": str(result)}

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_common import console, emit, fail, parse_sets, progress
+from flows.cli_common import console, emit, fail, parse_sets, prefect_api, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +35,7 @@ def prepare(
         fail(str(error))
     if commit and not message:
         fail("--commit needs -m MESSAGE")
-    with progress() as bar:
+    with prefect_api(), progress() as bar:
         tasks = {step.id: bar.add_task(step.id, total=None) for step in config.steps}
 
         def on_progress(step_id: str, done: int, total: int) -> None:
@@ -68,7 +68,8 @@ def deploy(
     from flows.deploy import deploy_all
 
     try:
-        result = deploy_all(prefect_file)
+        with prefect_api():
+            result = deploy_all(prefect_file)
     except (ValueError, RuntimeError, OSError) as error:
         fail(str(error))
     emit(result, as_json)

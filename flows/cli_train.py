@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_common import console, emit, fail, parse_sets
+from flows.cli_common import console, emit, fail, parse_sets, prefect_api
 
 
 def register(app: typer.Typer) -> None:
@@ -43,8 +43,11 @@ def train(
     try:
         store = open_store()
         if resume is not None:
-            run_id = execute_run(store, resume, log=log, stop_at_step=stop_at_step) if no_flow or stop_at_step \
-                else train_flow(None, None, {}, resume_run=resume)
+            if no_flow or stop_at_step:
+                run_id = execute_run(store, resume, log=log, stop_at_step=stop_at_step)
+            else:
+                with prefect_api():
+                    run_id = train_flow(None, None, {}, resume_run=resume)
         else:
             dataset, version = parse_version_ref(ref)
             overrides = parse_sets(sets)
@@ -53,7 +56,8 @@ def train(
                 run_id = create_run(store, dataset, version, config, overrides, log=log)
                 run_id = execute_run(store, run_id, log=log, stop_at_step=stop_at_step)
             else:
-                run_id = train_flow(dataset, version, str(config), overrides)
+                with prefect_api():
+                    run_id = train_flow(dataset, version, str(config), overrides)
     except TrainingFailed as error:
         emit({"run_id": error.run_id, "status": "failed", "error": error.reason}, as_json)
         fail(str(error))

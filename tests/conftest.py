@@ -73,14 +73,23 @@ def db_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def atelier_env(tmp_path, monkeypatch) -> Path:
+def atelier_env(tmp_path, monkeypatch):
     """A fresh ATELIER_HOME (SQLite) set in the environment; returns the home folder."""
     home = tmp_path / "home"
     monkeypatch.setenv("ATELIER_HOME", str(home))
     monkeypatch.delenv("ATELIER_DATABASE_URL", raising=False)
     monkeypatch.delenv("ATELIER_BLOBS", raising=False)
     monkeypatch.delenv("ATELIER_MODELS", raising=False)
-    return home
+    yield home
+    stop_local_prefect(home)
+
+
+def stop_local_prefect(home: Path) -> None:
+    """A command run without the harness may have started this home's Prefect server: never leave it."""
+    if (home / "prefect-server.json").exists():
+        from flows.prefect_server import stop_server
+
+        stop_server(home)
 
 
 @pytest.fixture
@@ -97,3 +106,4 @@ def store(db_url, tmp_path, monkeypatch):
     instance = Store(load_settings())
     yield instance
     instance.dispose()
+    stop_local_prefect(home)
