@@ -1,6 +1,7 @@
 """Training speed: seconds per step and peak memory, through the real training code (training.train).
 
   .venv/bin/python bench/train.py [--steps 20] [--threads 1] [--gpu-steps 30] [--diffusers-script PATH/train_dreambooth_lora.py]
+  .venv/bin/python bench/train.py --processes N [--steps 20] [--threads 1] [--gpu-steps 30]
 
 On a CPU shared with other work, pass --threads 1: torch's thread pool spinning against other
 processes made a tiny step ~20× slower (2.3 s instead of 0.11 s) on the 2-core build machine.
@@ -10,6 +11,11 @@ GPU (when CUDA is present): an SD 1.5-sized pipeline with random weights (UNet 3
 CLIP ViT-L-sized text encoder, SD VAE) at 512 px, LoRA rank 4, batch 1 and 4, bf16, gradient
 checkpointing; and, given --diffusers-script, the same settings through diffusers' own DreamBooth
 LoRA example (wall time for the same number of steps, start-up included on both sides).
+--processes N: only data parallelism, through the launcher `atelier train` uses (training.run; N > 1:
+accelerate launch of N processes): one process at global batch 4·N against N processes at 4 each —
+s/step, images/s and their ratio (start-up excluded: rank 0's steady s/step). CPU: the tiny SD, 64 px,
+gloo, `--threads` per process; GPU (when CUDA is present): the SD 1.5-sized pipeline at 512 px bf16.
+--processes 1 just reports one process's s/step through the launcher.
 Figures are printed, not asserted.
 """
 
@@ -61,6 +67,60 @@ def measure(base: Path, data: Path, work: Path, label: str, **fields) -> dict:
            "peak_rss_mb": round(peak_rss_mb()), "peak_gpu_gb": m["peak_gpu_memory_gb"] and round(m["peak_gpu_memory_gb"], 2)}
     print(json.dumps(row), flush=True)
     return row
+
+
+def measure_launched(base: Path, data: Path, work: Path, label: str, processes: int, threads: int, **fields) -> dict:
+    """s/step of a run started like `atelier train` starts one (N processes for N > 1): rank 0's steady figure."""
+    from flows.train import launcher, stream_process
+    from training.config import load_config
+
+    config = load_config({"base_model": str(base), "report_to": "none", "checkpointing_steps": 10**6,
+                          "identifier": "sks", "class_word": "dog", "num_processes": processes, **fields})
+    out = work / label.replace(" ", "-")
+    out.mkdir(parents=True)
+    job = out / "job.json"
+    job.write_text(json.dumps({"config": config.model_dump(mode="json"), "data_dir": str(data), "output_dir": str(out),
+                               "cache_dir": str(work / "cache")}))
+    wall = time.perf_counter()
+    code, tail = stream_process([*launcher(processes), str(job)], lambda line: None, env={"OMP_NUM_THREADS": str(threads)})
+    wall = time.perf_counter() - wall
+    if code:
+        raise SystemExit(f"{label}: training failed:\n" + "\n".join(tail[-10:]))
+    m = json.loads((out / "result.json").read_text())["metrics"]
+    images = config.train_batch_size * processes * config.gradient_accumulation_steps
+    row = {"run": label, "processes": processes, "global_batch": images, "s/step": round(m["seconds_per_step_steady"], 4),
+           "images/s": round(images / m["seconds_per_step_steady"], 2), "wall_s": round(wall, 1),
+           "peak_gpu_gb": m["peak_gpu_memory_gb"] and round(m["peak_gpu_memory_gb"], 2)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def data_parallel(args, work: Path, data: Path) -> None:
+    """--processes N: one process at global batch 4·N vs N processes at 4 each, through the launcher."""
+    import torch
+
+    from tests.tiny_models.sd import build_tiny_sd
+
+    n, threads = args.processes, args.threads or 1
+    cases = []
+    if torch.cuda.is_available():
+        print(f"# GPU {torch.cuda.get_device_name()} × {torch.cuda.device_count()}: SD 1.5-sized UNet, random weights, "
+              f"512 px, bf16, LoRA rank 4, {args.gpu_steps} steps")
+        cases.append(("SD1.5-size LoRA", build_sd15_sized(work / "sd15-random"),
+                      {"resolution": 512, "enable_bucket": False, "max_train_steps": args.gpu_steps,
+                       "mixed_precision": "bf16", "gradient_checkpointing": True, "rank": 4}))
+    else:
+        print(f"# CPU, no CUDA device: tiny SD (UNet 32/64), 64 px, gloo, {args.steps} steps, {threads} torch thread(s) "
+              f"per process, {os.cpu_count()} cores")
+        cases.append(("tiny LoRA", build_tiny_sd(work),
+                      {"resolution": 64, "enable_bucket": False, "max_train_steps": args.steps}))
+    for name, base, fields in cases:
+        fields["repeats"] = 2 * n  # 4 photos × 2N: every global batch of 4·N is full, every process busy
+        one = measure_launched(base, data, work, f"{name} 1 process b{4 * n}", 1, threads, train_batch_size=4 * n, **fields)
+        if n > 1:
+            many = measure_launched(base, data, work, f"{name} {n} processes b4", n, threads, train_batch_size=4, **fields)
+            print(f"# ratio: images/s {n} processes / 1 process (same global batch {4 * n}) = "
+                  f"{many['images/s'] / one['images/s']:.2f}")
 
 
 def build_sd15_sized(folder: Path) -> Path:
@@ -118,6 +178,7 @@ def main() -> None:
     parser.add_argument("--gpu-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--diffusers-script", type=Path, help="path to diffusers' examples/dreambooth/train_dreambooth_lora.py")
+    parser.add_argument("--processes", type=int, help="only data parallelism: N processes vs 1 at the same global batch")
     args = parser.parse_args()
 
     import torch
@@ -130,6 +191,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="atelier-bench-train-"))
     try:
         data = kohya_folder(work)
+        if args.processes:
+            data_parallel(args, work, data)
+            return
         tiny = build_tiny_sd(work)
         print(f"# CPU, tiny SD (UNet 32/64), 64 px, {args.steps} steps, torch threads {torch.get_num_threads()}")
         small = {"resolution": 64, "enable_bucket": False, "max_train_steps": args.steps}

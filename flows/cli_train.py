@@ -21,6 +21,8 @@ def train(
     sets: Optional[list[str]] = typer.Option(None, "--set", help="override a config field: key=value (repeatable)"),
     resume: Optional[int] = typer.Option(None, "--resume", help="continue training run RUN_ID from its last checkpoint"),
     stop_at_step: Optional[int] = typer.Option(None, help="stop after this step's checkpoint (resume later)"),
+    processes: Optional[int] = typer.Option(None, "--processes", min=1,
+                                            help="data-parallel processes, one per GPU (sets num_processes)"),
     no_flow: bool = typer.Option(False, "--no-flow", help="run without Prefect (plain function)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
@@ -34,8 +36,8 @@ def train(
 
     if resume is None and (ref is None or config is None):
         fail("give NAME@N and --config PRESET, or --resume RUN_ID")
-    if resume is not None and (config is not None or sets):
-        fail("--resume continues a run with its recorded config: drop --config/--set")
+    if resume is not None and (config is not None or sets or processes):
+        fail("--resume continues a run with its recorded config: drop --config/--set/--processes")
 
     def log(line: str) -> None:
         console.print(line, highlight=False)
@@ -51,7 +53,13 @@ def train(
         else:
             dataset, version = parse_version_ref(ref)
             overrides = parse_sets(sets)
-            load_config(config, overrides)  # a bad preset fails here, before a flow run starts
+            if processes:
+                overrides["num_processes"] = processes
+            checked = load_config(config, overrides)  # a bad preset fails here, before a flow run starts
+            if checked.num_processes > 1:
+                from training.distributed import check_num_processes
+
+                check_num_processes(checked.num_processes, "--processes" if processes else str(config))
             if no_flow or stop_at_step:
                 run_id = create_run(store, dataset, version, config, overrides, log=log)
                 run_id = execute_run(store, run_id, log=log, stop_at_step=stop_at_step)

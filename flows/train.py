@@ -31,11 +31,17 @@ class TrainingFailed(RuntimeError):
         self.run_id, self.reason = run_id, reason
 
 
-def launcher() -> list[str]:
-    """The command that starts a training process: `python -m training.run`, or $ATELIER_TRAIN_LAUNCHER
-    (e.g. `accelerate launch --num_processes 1 -m training.run`)."""
+def launcher(num_processes: int = 1) -> list[str]:
+    """The command that starts training: $ATELIER_TRAIN_LAUNCHER as given, else `python -m training.run`,
+    or for num_processes > 1 an `accelerate launch` of that many (training/distributed.py)."""
     custom = os.environ.get("ATELIER_TRAIN_LAUNCHER")
-    return shlex.split(custom) if custom else [sys.executable, "-m", "training.run"]
+    if custom:
+        return shlex.split(custom)
+    if num_processes > 1:
+        from training.distributed import launch_command
+
+        return launch_command(num_processes)
+    return [sys.executable, "-m", "training.run"]
 
 
 def stream_process(command: list[str], log: Callable[[str], None], env: dict | None = None) -> tuple[int, list[str]]:
@@ -73,6 +79,10 @@ def create_run(store: Store, dataset: str, version: int | None, config: dict | s
     from training.preflight import check_before_training
 
     cfg = load_config(config, overrides)  # a bad config fails before anything is recorded
+    if cfg.num_processes > 1:  # (imports torch: only then)
+        from training.distributed import check_num_processes
+
+        check_num_processes(cfg.num_processes)
     base = resolve_base_model(cfg.base_model)  # ModelMissing names the file to put where
     check_before_training(cfg, base.path)  # tokens, VAE channels: fail before a run is recorded
     with store.session() as session:
@@ -129,8 +139,15 @@ def execute_run(store: Store, run_id: int, *, log: Callable[[str], None] = print
     job = json.loads(job_file.read_text())
     job["stop_at_step"] = stop_at_step
     job_file.write_text(json.dumps(job, indent=2))
+    processes = job["config"].get("num_processes", 1)
     try:
-        code, tail = stream_process([*launcher(), str(job_file)], log)
+        if processes > 1:  # this machine (the one that trains) must have the devices
+            from training.distributed import check_num_processes
+
+            check_num_processes(processes, f"training run {run_id}")
+        code, tail = stream_process([*launcher(processes), str(job_file)], log)
+    except ValueError as error:
+        code, tail = 1, [f"training failed: {error}"]
     except OSError as error:  # the launcher itself is missing
         code, tail = 1, [f"training failed: cannot start {launcher()[0]}: {error}"]
     result_file = output_dir / "result.json"

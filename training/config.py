@@ -120,7 +120,8 @@ class TrainConfig(BaseModel):
 
     # optimisation
     max_train_steps: int = Field(1000, ge=1)
-    train_batch_size: int = Field(1, ge=1)
+    train_batch_size: int = Field(1, ge=1)  # per process: the global batch is train_batch_size × num_processes
+    num_processes: int = Field(1, ge=1)  # data-parallel processes, one per GPU (training/distributed.py)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     text_encoder_lr: float | None = None

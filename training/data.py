@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ class LatentCache:
                 moments = self.vae.encode(pixels[None].to(self.device, self.dtype)).latent_dist.parameters
             params = moments[0].float().cpu().contiguous()
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # data-parallel ranks may encode one image at once
             save_file({"latent_dist": params}, str(tmp))
             tmp.replace(path)  # atomic: a killed run never leaves half a file
         self.memory[key] = params

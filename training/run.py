@@ -1,4 +1,4 @@
-"""Subprocess entry point: `python -m training.run JOB.json` (or through `accelerate launch`).
+"""Subprocess entry point: `python -m training.run JOB.json` (N of them through `accelerate launch`).
 
 JOB.json: {"config": {...validated TrainConfig...}, "data_dir", "output_dir", "dataset", "cache_dir",
 "stop_at_step"}. Progress goes to stdout one line at a time; the result is written to
@@ -42,7 +42,11 @@ def main(argv: list[str]) -> int:
         print(f"training failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
               file=sys.stderr, flush=True)
         return 1
-    log(f"training {result['status']}")
+    from training.distributed import leave_process_group
+
+    leave_process_group()  # data-parallel: every rank waits here for rank 0's exports
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not one per process
+        log(f"training {result['status']}")
     return 0
 
 

@@ -8,9 +8,7 @@ starts it in a subprocess through `python -m training.run` so a crash cannot tak
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -22,15 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from training import data as D
+from training import distributed
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.models import load_base_model
 from training.vae import swap_vae
-
-
-def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:
-    """A seed that depends only on (seed, step, micro-batch, stream): resume needs no generator state."""
-    return int(hashlib.sha256(f"{seed}:{step}:{micro}:{stream}".encode()).hexdigest()[:15], 16)
 
 
 def method_for(config: TrainConfig, model, device):
@@ -82,14 +76,17 @@ def sdxl_time_ids(examples: list[D.Example], bucket: tuple[int, int], device) ->
 
 
 def diffusion_loss(model, unet, scheduler, config: TrainConfig, latents, prompts, examples, bucket,
-                   generator: torch.Generator, device, autocast) -> torch.Tensor:
-    """Noise the latents at random timesteps, predict, and return the (min-SNR-weighted) MSE."""
+                   generators: list[torch.Generator], device, autocast) -> torch.Tensor:
+    """Noise the latents at random timesteps, predict, and return the (min-SNR-weighted) MSE.
+
+    generators: one per sample (its noise, offset and timestep), so a sample's draws do not depend on the batch.
+    """
     from diffusers.training_utils import compute_snr
 
-    noise = torch.randn(latents.shape, generator=generator)
+    noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
     if config.noise_offset:
-        noise += config.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        noise += config.noise_offset * torch.stack([torch.randn((latents.shape[1], 1, 1), generator=g) for g in generators])
+    timesteps = torch.cat([torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=g) for g in generators])
     latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     with autocast():
@@ -127,8 +124,9 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     notes: list[str] = []
 
-    # --- device and precision -------------------------------------------------------------
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # --- device, processes and precision ---------------------------------------------------
+    processes = distributed.start(config.num_processes)  # rank 0 alone logs and writes (training/distributed.py)
+    device, log = processes.device, log if processes.is_main else (lambda line: None)
     weight_dtype = torch.float32
     if config.mixed_precision != "no" and device.type != "cuda":
         notes.append(f"mixed_precision={config.mixed_precision} asked for, but there is no GPU: training in fp32 on CPU")
@@ -191,7 +189,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         buckets = {i: (config.resolution, config.resolution) for i in range(len(examples))}
     latents_cache = D.LatentCache(Path(cache_dir) / "latents", vae, chosen_vae.sha256 if chosen_vae else model.sha256,
                                   device, torch.float32)
-    epoch_length = len(D.epoch_batches(examples, buckets, config.train_batch_size, config.seed, 0))
+    global_batch = config.train_batch_size * processes.count
+    epoch_length = len(D.epoch_batches(examples, buckets, global_batch, config.seed, 0))
     class_examples: list[D.Example] = []
     if config.prior.enabled:
         from training.prior import class_images_folder, ensure_class_images
@@ -201,13 +200,14 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         prompt = config.prior.class_prompt or f"a photo of {config.class_word}"
         folder = Path(config.prior.class_data_dir) if config.prior.class_data_dir else \
             class_images_folder(cache_dir, model.sha256, prompt, config.resolution)
-        with autocast():
+        with autocast(), distributed.main_first(processes):
             paths = ensure_class_images(pipe, folder, prompt, config.prior.num_class_images, config.resolution,
                                         batch_size=config.prior.sample_batch_size, steps=config.prior.num_inference_steps,
                                         seed=config.seed, log=log)
         class_examples = [D.Example(p, D.file_sha256(p), prompt, 1, "class", (config.resolution,) * 2) for p in paths]
     log(f"data: {len(examples)} images, {len(set(buckets.values()))} buckets, {epoch_length} batches per epoch; "
-        f"device {device}, weights {str(weight_dtype).removeprefix('torch.')}")
+        f"device {device}, weights {str(weight_dtype).removeprefix('torch.')}"
+        + (f"; {processes.count} processes, global batch {global_batch}" if processes.distributed else ""))
     for note in notes:
         log(f"note: {note}")
 
@@ -241,9 +241,10 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         state = load_checkpoint(found, trained, optimizer, lr_scheduler, scaler, ema)
         start_step, loss_history = state["step"], state.get("loss_history", [])
         log(f"resumed from {found.name} at step {start_step}")
+    distributed.broadcast_parameters(trainable, processes)
 
     writer = None
-    if config.report_to == "tensorboard":
+    if config.report_to == "tensorboard" and processes.is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(output_dir / "logs"))
 
@@ -258,27 +259,34 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             index = step * config.gradient_accumulation_steps + micro
             epoch, position = divmod(index, epoch_length)
             if epoch not in epoch_cache:
-                epoch_cache = {epoch: D.epoch_batches(examples, buckets, config.train_batch_size, config.seed, epoch)}
-            ids = epoch_cache[epoch][position]
-            batch, bucket = [examples[i] for i in ids], buckets[ids[0]]
-            generator = torch.Generator().manual_seed(_step_seed(config.seed, step, micro, "noise"))
-            rng = random.Random(_step_seed(config.seed, step, micro, "caption"))
-            latents = torch.stack([D.sample_latents(latents_cache.get(e, bucket)[None], generator)[0] for e in batch])
+                epoch_cache = {epoch: D.epoch_batches(examples, buckets, global_batch, config.seed, epoch)}
+            ids = epoch_cache[epoch][position]  # the global batch; this process trains on its shard
+            mine = distributed.shard(ids, config.train_batch_size, processes)
+            if not mine:  # the short last batch of a bucket left nothing for this rank
+                continue
+            batch, bucket = [examples[ids[j]] for j in mine], buckets[ids[0]]
+            generators = distributed.sample_generators(config.seed, step, micro, mine, "noise")
+            rngs = distributed.sample_rngs(config.seed, step, micro, mine, "caption")
+            latents = torch.stack([D.sample_latents(latents_cache.get(e, bucket)[None], g)[0] for e, g in zip(batch, generators)])
             latents = latents * vae.config.scaling_factor
-            prompts = [D.build_caption(e.caption, config, rng) for e in batch]
+            prompts = [D.build_caption(e.caption, config, r) for e, r in zip(batch, rngs)]
             if method is not None:
                 prompts = [method.prompt(p) for p in prompts]
-            loss = diffusion_loss(model, unet, scheduler, config, latents, prompts, batch, bucket, generator, device, autocast)
+            loss = diffusion_loss(model, unet, scheduler, config, latents, prompts, batch, bucket, generators, device, autocast)
             if class_examples:
-                chosen = [class_examples[(index * len(batch) + j) % len(class_examples)] for j in range(len(batch))]
+                chosen = [class_examples[(index * len(ids) + j) % len(class_examples)] for j in mine]
                 size = (config.resolution, config.resolution)
-                prior_latents = torch.stack([D.sample_latents(latents_cache.get(e, size)[None], generator)[0] for e in chosen])
+                prior_generators = distributed.sample_generators(config.seed, step, micro, mine, "prior")
+                prior_latents = torch.stack([D.sample_latents(latents_cache.get(e, size)[None], g)[0]
+                                             for e, g in zip(chosen, prior_generators)])
                 prior = diffusion_loss(model, unet, scheduler, config, prior_latents * vae.config.scaling_factor,
-                                       [e.caption for e in chosen], chosen, size, generator, device, autocast)
+                                       [e.caption for e in chosen], chosen, size, prior_generators, device, autocast)
                 loss = loss + config.prior.prior_loss_weight * prior
-            loss = loss / config.gradient_accumulation_steps
+            loss = loss * (len(mine) / len(ids)) / config.gradient_accumulation_steps  # shard's share of the global mean
             (scaler.scale(loss) if scaler else loss).backward()
             total += loss.item()
+        total = distributed.sum_value(total, processes)
+        distributed.sum_gradients(trainable, processes)
         if scaler:
             scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -303,10 +311,10 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], done)
         if done % 10 == 0 or done == config.max_train_steps or done == start_step + 1:
             log(f"step {done}/{config.max_train_steps} loss {total:.4f} lr {lr_scheduler.get_last_lr()[0]:.2e}")
-        if config.validation_steps and config.validation_prompts and done % config.validation_steps == 0:
+        if config.validation_steps and config.validation_prompts and done % config.validation_steps == 0 and processes.is_main:
             with eval_mode(trained):
                 samples += validation_samples(pipe, config, output_dir, done, device, autocast)
-        if done % config.checkpointing_steps == 0 or done == stop_at_step:
+        if (done % config.checkpointing_steps == 0 or done == stop_at_step) and processes.is_main:
             save_checkpoint(checkpoints, done, trained, optimizer, lr_scheduler, scaler, ema,
                             {"loss_history": loss_history}, keep=config.checkpoints_total_limit)
         if done == stop_at_step:
@@ -316,6 +324,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     steady = (time.perf_counter() - first_step_done) / (timed_steps - 1) if timed_steps > 1 else seconds
 
     # --- outputs --------------------------------------------------------------------------
+    if not processes.is_main:
+        return {"status": "succeeded", "rank": processes.rank}
     if ema:
         ema.copy_to(trainable)
     for module in trained.values():
@@ -333,7 +343,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         "steps": config.max_train_steps, "first_loss": sum(head) / len(head), "final_loss": sum(tail) / len(tail),
         "loss_history": loss_history[:: max(1, len(loss_history) // 50)],
         "seconds_per_step": seconds / max(1, timed_steps), "seconds_per_step_steady": steady,
-        "images": len(examples), "device": device.type,
+        "images": len(examples), "device": device.type, "processes": processes.count, "global_batch_size": global_batch,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "latent_cache": {"hits": latents_cache.hits, "misses": latents_cache.misses}, "notes": notes,
     }
