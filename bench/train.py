@@ -6,10 +6,11 @@
 On a CPU shared with other work, pass --threads 1: torch's thread pool spinning against other
 processes made a tiny step ~20× slower (2.3 s instead of 0.11 s) on the 2-core build machine.
 
-CPU: the tiny SD of the tests (UNet 32/64 channels) at 64 px, LoRA batch 1 and 4, DreamBooth batch 1.
+CPU: the tiny SD of the tests (UNet 32/64 channels) at 64 px, LoRA batch 1 and 4, DreamBooth batch 1,
+textual inversion and a hypernetwork (1, 2, 1) at batch 1 beside LoRA batch 1 (same model, data, steps).
 GPU (when CUDA is present): an SD 1.5-sized pipeline with random weights (UNet 320–1280 channels,
 CLIP ViT-L-sized text encoder, SD VAE) at 512 px, LoRA rank 4, batch 1 and 4, bf16, gradient
-checkpointing; and, given --diffusers-script, the same settings through diffusers' own DreamBooth
+checkpointing, with textual inversion and hypernetwork rows at batch 4 beside LoRA batch 4; and, given --diffusers-script, the same settings through diffusers' own DreamBooth
 LoRA example (wall time for the same number of steps, start-up included on both sides).
 --processes N: only data parallelism, through the launcher `atelier train` uses (training.run; N > 1:
 accelerate launch of N processes): one process at global batch 4·N against N processes at 4 each —
@@ -36,6 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PHOTOS = ROOT / "tests" / "fixtures" / "photos"
+# the other methods, beside LoRA on the same model (the tokenizer of the test models is one token per byte:
+# a one-letter initializer is one token)
+METHOD_ROWS = {
+    "textual inversion": {"method": "textual_inversion",
+                          "textual_inversion": {"placeholder_token": "<sks>", "initializer_token": "a"}},
+    "hypernetwork": {"method": "hypernetwork", "hypernetwork": {"layer_structure": [1, 2, 1]}},
+}
 
 
 def kohya_folder(root: Path, names=("messi5.jpg", "HappyFish.jpg", "leuvenB.jpg", "MilkyWay_1080x1920.png")) -> Path:
@@ -204,6 +212,10 @@ def main() -> None:
         db = measure(tiny, data, work, "tiny DreamBooth b1", method="dreambooth", train_batch_size=1, **small)
         print(f"# ratios: LoRA images/s b4 / b1 = {b4['images/s'] / b1['images/s']:.2f}; "
               f"DreamBooth s/step / LoRA s/step (b1) = {db['s/step'] / b1['s/step']:.2f}")
+        methods = [measure(tiny, data, work, f"tiny {name} b1", train_batch_size=1, **fields, **small)
+                   for name, fields in METHOD_ROWS.items()]
+        print("# ratios: s/step / LoRA s/step (b1): " + "; ".join(
+            f"{name} {row['s/step'] / b1['s/step']:.2f}" for name, row in zip(METHOD_ROWS, methods)))
         if not torch.cuda.is_available():
             print("# GPU: no CUDA device here — the SD 1.5-sized 512 px bf16 runs (batch 1 and 4) and the diffusers "
                   "example comparison are skipped; run this script on a GPU machine for them")
@@ -214,6 +226,10 @@ def main() -> None:
                "gradient_checkpointing": True, "rank": 4}
         rows = [measure(sd15, data, work, f"SD1.5-size LoRA b{b}", train_batch_size=b, **big) for b in (1, 4)]
         print(f"# ratio: images/s b4 / b1 = {rows[1]['images/s'] / rows[0]['images/s']:.2f}")
+        big_methods = [measure(sd15, data, work, f"SD1.5-size {name} b4", train_batch_size=4, **fields, **big)
+                       for name, fields in METHOD_ROWS.items()]
+        print("# ratios: s/step / LoRA s/step (b4): " + "; ".join(
+            f"{name} {row['s/step'] / rows[1]['s/step']:.2f}" for name, row in zip(METHOD_ROWS, big_methods)))
         if args.diffusers_script:
             for batch, ours in zip((1, 4), rows):
                 theirs = run_diffusers_example(args.diffusers_script, sd15, data, work, batch, args.gpu_steps)
