@@ -12,22 +12,26 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import fastapi_offline
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
-from dashboards.auth import LoginLimiter, secret_key
+from dashboards.auth import secret_key
 from dashboards.routes import ROUTERS
-from store.audit import Conflict, NothingToUndo
+from store.audit import CannotUndo, Conflict, NothingToUndo
 from store.curation import CurationError
 from store.datasets import DatasetNotFound
 from store.db import Store, open_store
+from store.logins import Throttle
 from store.queries import NotFound, QueryError
 from store.users import UserError
 from store.versions import NothingToCommit, VersionNotFound
 
 STATIC = Path(__file__).parent / "static"
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
 def _wants_json(request: Request) -> bool:
@@ -46,13 +50,14 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
     """The dashboard app over `store` (default: the store from the environment)."""
     store = store or open_store()
     app = FastAPI(title="Atelier dashboard", summary="Review tags and captions, commit versions, watch runs",
-                  docs_url="/docs", openapi_url="/api/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.store = store
-    app.state.login_limiter = LoginLimiter()
+    app.state.login_throttle = Throttle()
+    app.state.secret_key = secret_key(store.settings.home)
     app.state.prefect_ui = os.environ.get("PREFECT_UI_URL", "http://127.0.0.1:4200").rstrip("/")
-    if secure_cookies is None:
+    if secure_cookies is None:  # always Secure; otherwise Secure whenever the request came over HTTPS
         secure_cookies = os.environ.get("ATELIER_SECURE_COOKIES", "") in ("1", "true", "yes")
-    app.add_middleware(SessionMiddleware, secret_key=secret_key(store.settings.home),
+    app.add_middleware(SessionMiddleware, secret_key=app.state.secret_key,
                        session_cookie="atelier_session", same_site="strict", https_only=secure_cookies,
                        max_age=12 * 3600)
 
@@ -63,12 +68,21 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
         response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.2f}"
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.url.scheme == "https":  # behind a trusted TLS proxy or uvicorn --ssl-*: cookies only over TLS
+            raw = response.headers.raw
+            for n, (key, value) in enumerate(raw):
+                if key == b"set-cookie" and b"secure" not in value.lower():
+                    raw[n] = (key, value + b"; Secure")
         return response
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, error: Conflict):
         return JSONResponse({"error": str(error), "conflict": True,
                              "current": _jsonable(error.current)}, status_code=409)
+
+    @app.exception_handler(CannotUndo)
+    async def cannot_undo(request: Request, error: CannotUndo):
+        return JSONResponse({"error": str(error), **error.details}, status_code=409)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
@@ -81,10 +95,36 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
                          (CurationError, 400), (UserError, 400), (NothingToUndo, 409), (NothingToCommit, 409)):
         app.add_exception_handler(kind, lambda request, error, status=status: _error(request, status, str(error)))
 
+    app.mount("/static/docs", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui():
+        """Swagger UI from the assets fastapi-offline ships: no CDN, so it works on an offline network."""
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} – API",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css",
+                                   swagger_favicon_url="/static/docs/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc():
+        page = get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} – API",
+                              redoc_js_url="/static/docs/redoc.standalone.js",
+                              redoc_favicon_url="/static/docs/favicon.png", with_google_fonts=False)
+        # ReDoc's "powered by" badge loads a logo from its CDN: keep every request on this server
+        page.headers["Content-Security-Policy"] = ("default-src 'self'; script-src 'self' 'unsafe-inline' blob:; "
+                                                   "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                                                   "worker-src 'self' blob:")
+        return page
+
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app over the store from the environment (what each `atelier serve --workers N` process runs)."""
+    return create_app(open_store())
 
 
 def _jsonable(value):

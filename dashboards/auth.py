@@ -1,6 +1,8 @@
-"""Who is asking: session login, roles, CSRF tokens and the login rate limit.
+"""Who is asking: server-side login sessions, roles and CSRF tokens.
 
-The session lives in a signed cookie (HttpOnly, SameSite=Strict). Every write must carry the
+The browser holds a signed cookie (HttpOnly, SameSite=Strict; Secure when served over HTTPS) with
+the id of a server-side `LoginSession` and the CSRF token; the session row decides whether the
+login still holds (logout, disabling and password changes revoke it). Every write must carry the
 session's CSRF token, in the X-CSRF-Token header (JSON API) or a csrf_token form field.
 """
 
@@ -9,14 +11,12 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-import threading
-import time
-from collections import defaultdict, deque
 from pathlib import Path
 
 from fastapi import Depends, HTTPException, Request
 
-from store.users import UserInfo, get_user
+from store.logins import session_owner
+from store.users import UserInfo
 
 CSRF_HEADER = "X-CSRF-Token"
 
@@ -53,46 +53,23 @@ async def check_csrf(request: Request) -> None:
         raise HTTPException(403, "missing or wrong CSRF token (send the X-CSRF-Token header)")
 
 
-class LoginLimiter:
-    """At most `attempts` failed logins per client address and per user name within `window` seconds."""
-
-    def __init__(self, attempts: int = 5, window: float = 300.0):
-        self.attempts, self.window = attempts, window
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
-        self.lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self.failures[key]
-        while times and times[0] < now - self.window:
-            times.popleft()
-        return times
-
-    def retry_after(self, *keys: str) -> int:
-        """Seconds to wait before another try (0 when allowed)."""
-        now = time.monotonic()
-        with self.lock:
-            waits = [self.window - (now - t[0]) for k in keys if len(t := self._recent(k, now)) >= self.attempts]
-        return int(max(waits)) + 1 if waits else 0
-
-    def failed(self, *keys: str) -> None:
-        with self.lock:
-            for key in keys:
-                self.failures[key].append(time.monotonic())
-
-    def succeeded(self, *keys: str) -> None:
-        with self.lock:
-            for key in keys:
-                self.failures.pop(key, None)
+def session_token(request: Request) -> str | None:
+    return request.session.get("sid")
 
 
 def session_user(request: Request) -> UserInfo | None:
-    """The logged-in user (re-read from the database, so a disabled account stops at once)."""
-    name = request.session.get("user")
-    if not name:
-        return None
-    with request.app.state.store.session() as session:
-        user = get_user(session, name)
-    return user if user and not user.disabled else None
+    """The logged-in user, from the server-side session (a revoked or expired session, or a disabled
+    account, is nobody); read once per request."""
+    if hasattr(request.state, "user"):
+        return request.state.user
+    user = None
+    if token := session_token(request):
+        with request.app.state.store.session() as session:
+            owner = session_owner(session, token)
+        if owner and not owner[2]:
+            user = UserInfo(owner[0], owner[1], False)
+    request.state.user = user
+    return user
 
 
 def reader(request: Request) -> UserInfo:

@@ -1,9 +1,11 @@
 """Every curator write: tags, captions, exclusions, bulk edits, tag rules — audited and concurrency-safe.
 
-Single-image edits carry the revision they were made on; the member's revision is bumped with a
-compare-and-set UPDATE, so a stale edit raises `Conflict` (carrying the current state) and writes
-nothing. Bulk edits act on whatever the selection or filter matches now and bump every changed
-member's revision, so a single edit made on an older page also gets a Conflict.
+Single-image edits carry the member revision they were made on. Conflicts are judged per part: the
+caption, the status (exclusion) and each tag remember the member revision of their last change, so
+an edit made on an older page still goes through when another curator changed a *different* part
+(their change is kept: the reply carries both), and raises `Conflict` (carrying the current state,
+writing nothing) when the same part changed since. Bulk edits bump every changed member's revision
+and stamp the parts they touch, so a single edit of the same part made on an older page conflicts.
 """
 
 from __future__ import annotations
@@ -37,31 +39,67 @@ def clean_tag(text: str | None, field: str = "tag") -> str:
     return text
 
 
-def _claim(session: Session, member_id: int, revision: int, user: str) -> None:
-    """Compare-and-set the member's revision; mark it reviewed by `user`."""
-    result = session.execute(
-        update(Member).where(Member.id == member_id, Member.revision == revision)
-        .values(revision=Member.revision + 1, reviewed_at=now(), reviewed_by=user)
-        .execution_options(synchronize_session=False))
-    if result.rowcount != 1:
-        raise Conflict(member_id, member_state(session, member_id))
+class _Stale(Exception):
+    def __init__(self, what: str):
+        self.what = what
+
+
+def _claim(session: Session, member_id: int, revision: int, user: str, stale: Callable[[], str | None],
+           review: bool = True) -> tuple[int, bool]:
+    """Bump the member's revision (locking its row until commit); returns (new revision, merged).
+
+    When the edit was made on an older revision, `stale()` says which touched part changed since
+    (→ Conflict, nothing written) or None (the edit merges with the other changes).
+    """
+    values: dict[str, Any] = {"revision": Member.revision + 1}
+    if review:
+        values.update(reviewed_at=now(), reviewed_by=user)
+    try:
+        with session.begin_nested():
+            new = session.execute(update(Member).where(Member.id == member_id).values(**values)
+                                  .returning(Member.revision).execution_options(synchronize_session=False)
+                                  ).scalar_one_or_none()
+            if new is None:
+                raise NotFound(f"member {member_id} not found")
+            merged = revision != new - 1
+            if revision > new - 1:
+                raise _Stale("the image")
+            if merged and (what := stale()):
+                raise _Stale(what)
+    except _Stale as error:
+        current = member_state(session, member_id)
+        last = current.get("last_change") or {}
+        who = f" by {last['user']} ({last['action']})" if last else ""
+        raise Conflict(member_id, current, f"{error.what} was changed{who} since you loaded image {member_id} "
+                                           f"(now at revision {current['revision']}); nothing was overwritten")
+    return new, merged
 
 
 def _edit(session: Session, member_id: int, revision: int, user: str, action: str,
-          fields: tuple[str, ...], texts: list[str], change: Callable[[Member], None]) -> dict[str, Any]:
-    member = session.get(Member, member_id)
-    if member is None:
+          fields: tuple[str, ...], texts: list[str], change: Callable[[Member, int], None],
+          stale: Callable[[], str | None] = lambda: None) -> dict[str, Any]:
+    if session.get(Member, member_id) is None:
         raise NotFound(f"member {member_id} not found")
     all_fields = (*fields, *REVIEW_FIELDS)
     before = snapshot(session, [member_id], all_fields, texts)
-    _claim(session, member_id, revision, user)
-    session.refresh(member)
-    change(member)
+    new, merged = _claim(session, member_id, revision, user, stale)
+    member = session.get(Member, member_id, populate_existing=True)
+    change(member, new)
     session.flush()
     after = snapshot(session, [member_id], all_fields, texts)
     record(session, user, action, member.dataset_id, f"member:{member_id}",
            members_json(before), members_json(after))
-    return member_state(session, member_id)
+    state = member_state(session, member_id)
+    state["merged"] = merged
+    return state
+
+
+def _tag_changed(session: Session, member_id: int, text: str, revision: int, missing: str | None) -> str | None:
+    """Which part changed since `revision` (a phrase for the conflict message), or None."""
+    tag = _tag(session, member_id, text)
+    if tag is None:
+        return f"the tag {text!r} (removed since)" if missing else None
+    return f"the tag {text!r}" if tag.revision > revision else None
 
 
 def _tag(session: Session, member_id: int, text: str) -> Tag | None:
@@ -72,16 +110,20 @@ def add_tag(session: Session, member_id: int, text: str, revision: int, user: st
     """Add an accepted human tag (or accept the tag if the member already has it)."""
     text = clean_tag(text)
 
-    def change(member: Member) -> None:
+    def change(member: Member, new: int) -> None:
         tag = _tag(session, member_id, text)
         if tag is None:
             position = session.scalar(select(func.max(Tag.position)).where(Tag.member_id == member_id))
             session.add(Tag(member_id=member_id, text=text, source=f"human:{user}", status="accepted",
-                            position=(position or 0) + 1, updated_by=user, updated_at=now()))
+                            position=(position or 0) + 1, updated_by=user, updated_at=now(), revision=new))
         else:
-            tag.status, tag.updated_by, tag.updated_at = "accepted", user, now()
+            tag.status, tag.updated_by, tag.updated_at, tag.revision = "accepted", user, now(), new
 
-    return _edit(session, member_id, revision, user, "tag_add", (), [text], change)
+    def stale() -> str | None:  # someone else added it too: same wish, merge; they rejected it: conflict
+        tag = _tag(session, member_id, text)
+        return f"the tag {text!r}" if tag is not None and tag.revision > revision and tag.status != "accepted" else None
+
+    return _edit(session, member_id, revision, user, "tag_add", (), [text], change, stale)
 
 
 def set_tag_status(session: Session, member_id: int, text: str, status: str, revision: int,
@@ -92,34 +134,45 @@ def set_tag_status(session: Session, member_id: int, text: str, status: str, rev
     if _tag(session, member_id, text) is None:
         raise NotFound(f"member {member_id} has no tag {text!r}")
 
-    def change(member: Member) -> None:
+    def change(member: Member, new: int) -> None:
         tag = _tag(session, member_id, text)
-        if tag is None:  # removed by someone who committed between our check and our claim
-            raise Conflict(member_id, member_state(session, member_id))
-        tag.status, tag.updated_by, tag.updated_at = status, user, now()
+        if tag is None:  # a model run dropped the suggestion meanwhile
+            raise NotFound(f"member {member_id} has no tag {text!r}")
+        tag.status, tag.updated_by, tag.updated_at, tag.revision = status, user, now(), new
+
+    def stale() -> str | None:
+        return _tag_changed(session, member_id, text, revision, missing="yes")
 
     action = {"accepted": "tag_accept", "rejected": "tag_reject", "suggested": "tag_accept"}[status]
-    return _edit(session, member_id, revision, user, action, (), [text], change)
+    return _edit(session, member_id, revision, user, action, (), [text], change, stale)
 
 
 def remove_tag(session: Session, member_id: int, text: str, revision: int, user: str) -> dict[str, Any]:
     if _tag(session, member_id, text) is None:
         raise NotFound(f"member {member_id} has no tag {text!r}")
 
-    def change(member: Member) -> None:
+    def change(member: Member, new: int) -> None:
         session.execute(delete(Tag).where(Tag.member_id == member_id, Tag.text == text)
                         .execution_options(synchronize_session=False))
 
-    return _edit(session, member_id, revision, user, "tag_remove", (), [text], change)
+    def stale() -> str | None:
+        return _tag_changed(session, member_id, text, revision, missing="yes")
+
+    return _edit(session, member_id, revision, user, "tag_remove", (), [text], change, stale)
 
 
 def edit_caption(session: Session, member_id: int, caption: str, revision: int, user: str) -> dict[str, Any]:
     caption = (caption or "").strip()
 
-    def change(member: Member) -> None:
-        member.caption, member.caption_source = caption, f"human:{user}"
+    def change(member: Member, new: int) -> None:
+        member.caption, member.caption_source, member.caption_revision = caption, f"human:{user}", new
 
-    return _edit(session, member_id, revision, user, "caption_edit", ("caption", "caption_source"), [], change)
+    def stale() -> str | None:
+        current = session.scalar(select(Member.caption_revision).where(Member.id == member_id))
+        return "the caption" if current > revision else None
+
+    return _edit(session, member_id, revision, user, "caption_edit", ("caption", "caption_source"), [], change,
+                 stale)
 
 
 def set_excluded(session: Session, member_id: int, excluded: bool, reason: str | None, revision: int,
@@ -127,16 +180,21 @@ def set_excluded(session: Session, member_id: int, excluded: bool, reason: str |
     """Exclude an image from the dataset (with a reason) or include it again."""
     reason = (reason or "").strip() or f"excluded by {user}"
 
-    def change(member: Member) -> None:
+    def change(member: Member, new: int) -> None:
         member.status = "excluded" if excluded else "active"
         member.excluded_reason = reason if excluded else None
+        member.status_revision = new
+
+    def stale() -> str | None:
+        current = session.scalar(select(Member.status_revision).where(Member.id == member_id))
+        return "the status (excluded or not)" if current > revision else None
 
     return _edit(session, member_id, revision, user, "exclude" if excluded else "include",
-                 ("status", "excluded_reason"), [], change)
+                 ("status", "excluded_reason"), [], change, stale)
 
 
 def mark_reviewed(session: Session, member_id: int, revision: int, user: str) -> dict[str, Any]:
-    return _edit(session, member_id, revision, user, "review", (), [], lambda member: None)
+    return _edit(session, member_id, revision, user, "review", (), [], lambda member, new: None)
 
 
 def _having(session: Session, ids: list[int], text: str, status_not: str | None = None) -> set[int]:
@@ -199,6 +257,14 @@ def _apply(session: Session, targets: list[int], op: str, text: str, new: str | 
             session.execute(tags.values(text=new, **stamp))
         session.execute(update(Member).where(Member.id.in_(part)).values(revision=Member.revision + 1)
                         .execution_options(synchronize_session=False))
+        stamp_tags(session, part, [t for t in (text, new) if t])
+
+
+def stamp_tags(session: Session, ids: list[int], texts: list[str]) -> None:
+    """Mark these tags of these members as changed at their member's (new) revision."""
+    member_revision = select(Member.revision).where(Member.id == Tag.member_id).scalar_subquery()
+    session.execute(update(Tag).where(Tag.member_id.in_(ids), Tag.text.in_(texts)).values(revision=member_revision)
+                    .execution_options(synchronize_session=False))
 
 
 def bulk_edit(session: Session, dataset_id: int, ids: list[int], op: str, text: str, new: str | None,

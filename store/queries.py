@@ -286,6 +286,12 @@ def grid_page(session: Session, dataset: int, f: GridFilter) -> dict[str, Any]:
             "filter": asdict(f)}
 
 
+def sorted_ids(session: Session, dataset: int, f: GridFilter, limit: int) -> list[int]:
+    """The first `limit` member ids of the filtered list in the grid's order (a review snapshot)."""
+    conds = member_conditions(session, dataset, f)
+    return [row.id for row in _sorted_slice(session, select(Member.id).where(*conds), conds, f, 0, limit)]
+
+
 def neighbour(session: Session, dataset: int, f: GridFilter, index: int) -> int | None:
     """The member id at position `index` of the filtered, sorted list (for next/previous)."""
     if index < 0:

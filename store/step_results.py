@@ -165,9 +165,11 @@ def apply_to_member(session: Session, state: MemberState, exclusion: str | None,
     if exclusion and member.status == "active":
         member.status, member.excluded_reason = "excluded", RULE_PREFIX + exclusion
         member.revision += 1
+        member.status_revision = member.revision
     elif not exclusion and member.status == "excluded" and (member.excluded_reason or "").startswith(RULE_PREFIX):
         member.status, member.excluded_reason = "active", None
         member.revision += 1
+        member.status_revision = member.revision
     return counts
 
 

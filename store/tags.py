@@ -123,6 +123,7 @@ def apply_caption(session: Session, member_id: int, text: str, source: str) -> b
     if not caption_is_human(member.caption_source) and (member.caption, member.caption_source) != (text, source):
         member.caption, member.caption_source = text, source
         member.revision = (member.revision or 1) + 1
+        member.caption_revision = member.revision
         changed = True
     session.flush()
     return changed

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from dashboards.auth import admin_reader, curator
 from dashboards.pages import render
 from store import queries
-from store.audit import undo_last
+from pydantic import BaseModel, Field
+
+from store.audit import undo
 from store.users import UserInfo
 
 router = APIRouter()
@@ -40,8 +42,15 @@ def audit_page(request: Request, user: str = "", action: str = "", dataset: str 
                   q={"user": user, "action": action, "dataset": dataset, "target": target})
 
 
+class Undo(BaseModel):
+    entry_id: int | None = Field(None, description="the audit entry to undo; default: your newest change")
+    confirm: int | None = Field(None, description="for a change of several images: their count, as confirmation")
+
+
 @router.post("/api/undo", tags=["audit"])
-def undo(request: Request, me: UserInfo = Depends(curator)):
-    """Undo your own newest change that is not undone yet (409 if someone changed those images since)."""
+def api_undo(request: Request, body: Undo | None = None, me: UserInfo = Depends(curator)):
+    """Undo one change (yours; an admin may undo anyone's). 409 says why not: a part it touched was changed
+    again since (and by whom), or — for a change of several images — `confirm` must give their count."""
+    body = body or Undo()
     with request.app.state.store.session() as session:
-        return undo_last(session, me.name)
+        return undo(session, me.name, body.entry_id, confirm=body.confirm, may_undo_others=me.can("admin"))

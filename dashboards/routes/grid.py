@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from dashboards.auth import reader
 from dashboards.pages import render
 from store import queries
+from store import review as reviews
 from store.users import UserInfo
 
 router = APIRouter()
@@ -49,6 +50,11 @@ def api_grid(request: Request, dataset: str, user: UserInfo = Depends(reader)):
 def grid_page(request: Request, dataset: str, user: UserInfo = Depends(reader)):
     page = grid_data(request, dataset)
     with request.app.state.store.session() as session:
-        score_names = queries.score_names(session, queries.dataset_id(session, dataset))
+        ds = queries.dataset_id(session, dataset)
+        score_names = queries.score_names(session, ds)
+        latest = reviews.latest_review(session, user.name, ds)
+        resume = ({"id": latest.id, "member_id": latest.member_ids[latest.position],
+                   "position": latest.position + 1, "total": len(latest.member_ids)}
+                  if latest is not None and latest.member_ids else None)
     return render(request, "grid.html", user=user, dataset=dataset, grid=page, score_names=score_names,
-                  q=request.query_params)
+                  q=request.query_params, resume=resume)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
+from urllib.parse import urlencode
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from dashboards.auth import curator, reader
+from dashboards.auth import curator, reader, writer
 from dashboards.pages import render
 from store import curation, queries
+from store import review as reviews
+from store.audit import member_history
 from store.users import UserInfo
 
 router = APIRouter()
@@ -41,6 +46,15 @@ class Exclusion(Edit):
 def api_member(request: Request, member_id: int, user: UserInfo = Depends(reader)):
     with request.app.state.store.session() as session:
         return queries.member_detail(session, member_id)
+
+
+@router.get("/api/members/{member_id}/history", tags=["image"])
+def api_history(request: Request, member_id: int, user: UserInfo = Depends(reader)):
+    """Every change to this image (its own edits and bulk edits), newest first: who, when, before → after,
+    and whether you can undo it now (or why not)."""
+    with request.app.state.store.session() as session:
+        queries.member_state(session, member_id)  # 404 for an unknown image
+        return {"entries": member_history(session, member_id, user.name, may_undo_others=user.can("admin"))}
 
 
 def _write(request: Request, fn, *args):
@@ -81,25 +95,90 @@ def reviewed(request: Request, member_id: int, body: Edit, user: UserInfo = Depe
 
 
 @router.get("/d/{dataset}/m/{member_id}", include_in_schema=False)
-def member_page(request: Request, dataset: str, member_id: int, i: int | None = None,
+def member_page(request: Request, dataset: str, member_id: int, review: int | None = None,
                 user: UserInfo = Depends(reader)):
-    """The image view; `i` is its position in the grid's filtered list, for next/previous."""
-    params = {k: v for k, v in request.query_params.items() if k not in ("i", "page")}
-    f = queries.grid_filter_from_params(params)
+    """The image view. Opened from the grid (`from=grid` + the grid's filter) it starts a review
+    session over a snapshot of what the filter matches and redirects into it (`review=ID`)."""
+    params = {k: v for k, v in request.query_params.items() if k not in ("page", "from", "review", "i")}
     with request.app.state.store.session() as session:
         ds = queries.dataset_id(session, dataset)
+        if review is None and request.query_params.get("from") == "grid":
+            f = queries.grid_filter_from_params(params)
+            found = reviews.review_for_member(session, user.name, ds, f, member_id)
+            return RedirectResponse(f"/d/{dataset}/m/{member_id}?review={found.id}", status_code=303)
         detail = queries.member_detail(session, member_id)
         if detail["dataset_id"] != ds:
             raise queries.NotFound(f"image {member_id} is not in dataset {dataset!r}")
-        prev_id = queries.neighbour(session, ds, f, i - 1) if i is not None else None
-        next_id = queries.neighbour(session, ds, f, i + 1) if i is not None else None
-    return render(request, "member.html", user=user, dataset=dataset, m=detail, params=params, i=i,
-                  prev_id=prev_id, next_id=next_id)
+        walk = reviews.place(session, reviews.get_review(session, review, user.name), member_id) if review else None
+    return render(request, "member.html", user=user, dataset=dataset, m=detail, walk=walk,
+                  params=walk["params"] if walk else {})
+
+
+def _unreviewed_walk(session, user: str, ds: int):
+    """The user's latest walk over unreviewed images if it has some left after its position, else a new one."""
+    f = queries.grid_filter_from_params({"unreviewed": "1", "order": "asc"})
+    latest = reviews.latest_review(session, user, ds)
+    if latest is not None and latest.params == f.to_params():
+        found = reviews.next_unreviewed(session, latest, latest.position - 1)
+        if found is not None:
+            return latest, found
+    walk = reviews.start_review(session, user, ds, f)
+    return walk, (walk.member_ids[0] if walk.member_ids else None)
 
 
 @router.get("/d/{dataset}/next-unreviewed", include_in_schema=False)
 def next_unreviewed(request: Request, dataset: str, user: UserInfo = Depends(reader)):
-    f = queries.grid_filter_from_params({"unreviewed": "1", "order": "asc"})
+    """Resume (or start) a review walk over the images nobody has reviewed yet, at the first one left."""
     with request.app.state.store.session() as session:
-        found = queries.neighbour(session, queries.dataset_id(session, dataset), f, 0)
-    return RedirectResponse(f"/d/{dataset}/m/{found}" if found else f"/d/{dataset}", status_code=303)
+        walk, found = _unreviewed_walk(session, user.name, queries.dataset_id(session, dataset))
+    if found is None:
+        return RedirectResponse(f"/d/{dataset}?unreviewed=1", status_code=303)
+    return RedirectResponse(f"/d/{dataset}/m/{found}?review={walk.id}", status_code=303)
+
+
+@router.get("/d/{dataset}/review/{review_id}/next-unreviewed", include_in_schema=False)
+def walk_next_unreviewed(request: Request, dataset: str, review_id: int, after: int = 0,
+                         user: UserInfo = Depends(reader)):
+    """Within a walk: the next image after position `after` (1-based) that nobody has reviewed."""
+    with request.app.state.store.session() as session:
+        walk = reviews.get_review(session, review_id, user.name)
+        found = reviews.next_unreviewed(session, walk, after - 1)
+    if found is None:
+        return RedirectResponse(f"/d/{dataset}?{urlencode(walk.params)}", status_code=303)
+    return RedirectResponse(f"/d/{dataset}/m/{found}?review={walk.id}", status_code=303)
+
+
+@router.post("/d/{dataset}/review", include_in_schema=False)
+async def start_walk(request: Request, dataset: str, user: UserInfo = Depends(writer("viewer"))):
+    """Start a review walk over what the grid filter (the form's fields) matches now."""
+    form = await request.form()
+    params = {k: str(v) for k, v in form.items() if k not in ("csrf_token", "page") and str(v)}
+    return await run_in_threadpool(_start_walk, request, dataset, user, params)
+
+
+def _start_walk(request: Request, dataset: str, user: UserInfo, params: dict[str, str]):
+    with request.app.state.store.session() as session:
+        walk = reviews.start_review(session, user.name, queries.dataset_id(session, dataset),
+                                    queries.grid_filter_from_params(params))
+    if not walk.member_ids:
+        return RedirectResponse(f"/d/{dataset}?{urlencode(params)}", status_code=303)
+    return RedirectResponse(f"/d/{dataset}/m/{walk.member_ids[0]}?review={walk.id}", status_code=303)
+
+
+@router.post("/api/datasets/{dataset}/reviews", tags=["review"])
+def api_start_review(request: Request, dataset: str, body: dict[str, str], user: UserInfo = Depends(curator)):
+    """Start a review session over a snapshot of what the grid filter (body: grid parameters) matches now."""
+    with request.app.state.store.session() as session:
+        walk = reviews.start_review(session, user.name, queries.dataset_id(session, dataset),
+                                    queries.grid_filter_from_params(body))
+        return {"id": walk.id, "total": len(walk.member_ids), "member_ids": walk.member_ids,
+                "capped": len(walk.member_ids) == reviews.MAX_SNAPSHOT}
+
+
+@router.get("/api/reviews/{review_id}", tags=["review"])
+def api_review(request: Request, review_id: int, user: UserInfo = Depends(reader)):
+    """A review session: its snapshot of ids, the filter it came from and where you were."""
+    with request.app.state.store.session() as session:
+        walk = reviews.get_review(session, review_id, user.name)
+        return {"id": walk.id, "params": walk.params, "member_ids": walk.member_ids,
+                "position": walk.position + 1, "total": len(walk.member_ids)}

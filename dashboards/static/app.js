@@ -47,13 +47,21 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("form.tag-op").forEach(tagOpForm);
   const commit = document.getElementById("commit-form");
   if (commit) commitForm(commit);
+  if (document.getElementById("users")) usersPage();
 });
 
-async function undoLast() {
-  const r = await api("POST", "/api/undo");
+// undo one change (default: my newest); a change of several images asks first, naming the count
+async function undoChange(entryId) {
+  const body = entryId ? { entry_id: entryId } : {};
+  let r = await api("POST", "/api/undo", body);
+  if (r.status === 409 && r.data.confirm) {
+    if (!confirm(`Undo ${r.data.action} on ${r.data.confirm.toLocaleString()} images?`)) { flash("Nothing undone."); return; }
+    r = await api("POST", "/api/undo", { ...body, entry_id: r.data.entry, confirm: r.data.confirm });
+  }
   if (r.ok) flashAfterReload(`Undid ${r.data.action} on ${r.data.target}`);
   else flash(r.data.error || `undo failed (${r.status})`, "error");
 }
+const undoLast = () => undoChange(null);
 
 // ---------- image view ----------
 function memberPage() {
@@ -63,6 +71,11 @@ function memberPage() {
   let focus = 0;
   const list = document.getElementById("tags");
   const caption = document.getElementById("caption");
+  // the caption text the editor's content started from: typed text is never replaced behind the curator's back
+  let captionBase = state.caption || "";
+  if (caption) caption.value = captionBase;
+  const captionDirty = () => caption && caption.value !== captionBase;
+  let leaveArmed = false;
 
   function render() {
     list.innerHTML = "";
@@ -85,7 +98,12 @@ function memberPage() {
       }
       list.appendChild(li);
     });
-    if (caption && document.activeElement !== caption) caption.value = state.caption || "";
+    if (caption) {
+      if (caption.value.trim() === (state.caption || "")) { captionBase = state.caption || ""; }  // saved (by us or anyone)
+      if (!captionDirty()) { caption.value = state.caption || ""; captionBase = caption.value; }
+      else if ((state.caption || "") !== captionBase) showCaptionConflict(state.caption || "");
+      if (window.updateTokenCount) window.updateTokenCount();
+    }
     document.getElementById("status-badge").textContent = state.status === "active" ? "" : `${state.status}: ${state.excluded_reason || ""}`;
     const exclude = document.getElementById("toggle-exclude");
     if (exclude) exclude.textContent = state.status === "excluded" ? "Include (x)" : "Exclude (x)";
@@ -96,17 +114,29 @@ function memberPage() {
     root.dataset.revision = state.revision;
   }
 
+  // a caption conflict: both texts stay on screen until the curator picks one
+  function showCaptionConflict(theirs) {
+    const box = document.getElementById("caption-conflict");
+    box.hidden = false;
+    document.getElementById("their-caption").textContent = theirs;
+    document.getElementById("their-caption-who").textContent =
+      state.last_change ? `${state.last_change.user} (${state.last_change.action})` : "someone";
+  }
+  function closeCaptionConflict() { document.getElementById("caption-conflict").hidden = true; }
+
   async function send(method, path, body) {
     const r = await api(method, `/api/members/${state.id}${path}`, { ...body, revision: state.revision });
     if (r.ok) {
       state = { ...state, ...r.data };
       render();
+      if (r.data.merged) flash("Saved. Another curator changed other parts of this image meanwhile; their changes are kept (shown).");
       return true;
     }
     if (r.status === 409 && r.data.current) {
       state = { ...state, ...r.data.current };
       render();
-      flash(`Not saved — ${r.data.error}. The page now shows their change; redo yours if it still applies.`, "conflict");
+      const mine = path === "/caption" ? " Your caption is kept in the editor: choose below." : " The page now shows their change; redo yours if it still applies.";
+      flash(`Not saved — ${r.data.error}.${mine}`, "conflict");
     } else {
       flash(r.data.error || `failed (${r.status})`, "error");
     }
@@ -116,12 +146,22 @@ function memberPage() {
   const focused = () => state.tags[focus];
   const setStatus = (status) => focused() && send("POST", "/tags/status", { text: focused().text, status });
   const removeTag = () => focused() && send("POST", "/tags/remove", { text: focused().text });
-  const saveCaption = () => send("PUT", "/caption", { caption: caption.value });
+  const saveCaption = async () => {
+    const text = caption.value;
+    if (await send("PUT", "/caption", { caption: text })) {
+      captionBase = state.caption || ""; caption.value = captionBase; closeCaptionConflict();
+    } else if (document.getElementById("caption-conflict").hidden === false) {
+      caption.value = text;  // keep what was typed
+    }
+  };
   const toggleExclude = () => {
     const excluded = state.status !== "excluded";
     const reasonBox = document.getElementById("exclude-reason");
     let reason = reasonBox.value;
-    if (excluded && !reason) reason = prompt("Why exclude this image?", "") || "";
+    if (excluded && !reason) {
+      reason = prompt("Why exclude this image?", "");
+      if (reason === null) { flash("Not excluded (cancelled)."); return false; }
+    }
     return send("PUT", "/exclusion", { excluded, reason });
   };
 
@@ -132,20 +172,38 @@ function memberPage() {
       if (input.value.trim() && await send("POST", "/tags", { text: input.value.trim() })) input.value = "";
     });
     document.getElementById("save-caption").addEventListener("click", saveCaption);
+    document.getElementById("keep-mine").addEventListener("click", saveCaption);
+    document.getElementById("take-theirs").addEventListener("click", () => {
+      caption.value = state.caption || ""; captionBase = caption.value; closeCaptionConflict();
+      flash("Kept their caption; yours was discarded.");
+    });
     document.getElementById("toggle-exclude").addEventListener("click", toggleExclude);
     document.getElementById("mark-reviewed").addEventListener("click", () => send("POST", "/reviewed", {}));
     caption.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); saveCaption(); caption.blur(); }
     });
+    caption.addEventListener("input", () => { leaveArmed = false; });
+    window.addEventListener("beforeunload", (e) => { if (captionDirty() && !leaveArmed) { e.preventDefault(); e.returnValue = ""; } });
   }
 
+  // leaving with an unsaved caption: the first j/k only warns; a second one leaves (and drops it)
+  const go = (id) => {
+    const a = document.getElementById(id);
+    if (!a) return;
+    if (captionDirty() && !leaveArmed) {
+      leaveArmed = true;
+      flash("Unsaved caption: Ctrl+Enter saves it; press the key again to leave without saving.", "conflict");
+      return;
+    }
+    leaveArmed = true;
+    location.href = a.href;
+  };
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && typing(e)) { e.target.blur(); return; }
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
-    const go = (id) => { const a = document.getElementById(id); if (a) location.href = a.href; };
     const keys = {
       ArrowRight: () => go("next"), j: () => go("next"),
-      ArrowLeft: () => go("prev"), k: () => go("prev"),
+      ArrowLeft: () => go("prev"), k: () => go("prev"), n: () => go("next-unreviewed"),
       ArrowDown: () => { focus = Math.min(focus + 1, state.tags.length - 1); render(); },
       ArrowUp: () => { focus = Math.max(focus - 1, 0); render(); },
     };
@@ -159,6 +217,9 @@ function memberPage() {
     const handler = keys[e.key];
     if (handler) { e.preventDefault(); handler(); }
   });
+  document.querySelectorAll("a#next, a#prev, a#next-unreviewed").forEach((a) => a.addEventListener("click", (e) => {
+    e.preventDefault(); go(a.id);
+  }));
   render();
 }
 
@@ -225,6 +286,33 @@ function commitForm(form) {
     e.preventDefault();
     const r = await api("POST", form.dataset.api, { message: form.querySelector('[name="message"]').value });
     if (r.ok) flashAfterReload(`Committed version ${r.data.number} (${r.data.entries} images)`);
+    else flash(r.data.error || `failed (${r.status})`, "error");
+  });
+}
+
+// ---------- users (admin) ----------
+function usersPage() {
+  const name = (el) => el.closest("tr").dataset.name;
+  const done = (r, text) => r.ok ? flashAfterReload(text) : flash(r.data.error || `failed (${r.status})`, "error");
+  document.querySelectorAll(".user-role").forEach((s) => s.addEventListener("change", async () => {
+    done(await api("PUT", `/api/users/${encodeURIComponent(name(s))}/role`, { role: s.value }), `${name(s)} is now a ${s.value}`);
+  }));
+  document.querySelectorAll(".user-toggle").forEach((b) => b.addEventListener("click", async () => {
+    const action = b.dataset.action;
+    if (action === "disable" && !confirm(`Disable ${name(b)}? Their sessions end now.`)) return;
+    done(await api("POST", `/api/users/${encodeURIComponent(name(b))}/${action}`), `${name(b)}: ${action}d`);
+  }));
+  document.querySelectorAll(".user-reset").forEach((b) => b.addEventListener("click", async () => {
+    if (!confirm(`Reset the password of ${name(b)}? Their sessions end now.`)) return;
+    const r = await api("POST", `/api/users/${encodeURIComponent(name(b))}/password`, {});
+    if (r.ok) flash(`New password for ${name(b)} (shown once): ${r.data.password}`);
+    else flash(r.data.error || `failed (${r.status})`, "error");
+  }));
+  document.getElementById("add-user").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const data = Object.fromEntries(new FormData(e.target));
+    const r = await api("POST", "/api/users", data);
+    if (r.ok) flash(`Added ${r.data.name} (${r.data.role}); password (shown once): ${r.data.password}`);
     else flash(r.data.error || `failed (${r.status})`, "error");
   });
 }

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from dashboards.app import create_app
+from dashboards.cli import proxy_options
+from store.db import Store
+from store.settings import load_settings
 from tests.dashboards.seed import PASSWORD, seed
 
 
@@ -37,3 +45,44 @@ def client(app):
     yield login
     for c in made:
         c.close()
+
+
+# ---- browser tests: one Chromium per test module (the machine is shared) ----
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch, photos):
+    """(base URL, store, member ids): the seeded app served by uvicorn on a free localhost port."""
+    monkeypatch.setenv("ATELIER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ATELIER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ATELIER_BLOBS", raising=False)
+    store = Store(load_settings())
+    ids = seed(store, photos)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    web = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning",
+                                        **proxy_options("")))  # as `atelier serve` runs it
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not web.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", store, ids
+    web.should_exit = True
+    thread.join(10)
+    store.dispose()

@@ -4,72 +4,14 @@ commit a version, and see the conflict message when another curator edited first
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 
-from dashboards.app import create_app
-from store.db import Store
 from store.models import DatasetVersion, Member, Tag
-from store.settings import load_settings
-from tests.dashboards.seed import PASSWORD, seed
+from tests.dashboards.browsing import logged_in
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch, photos):
-    """(base URL, store, member ids): the seeded app served by uvicorn on a free localhost port."""
-    monkeypatch.setenv("ATELIER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("ATELIER_DATABASE_URL", raising=False)
-    monkeypatch.delenv("ATELIER_BLOBS", raising=False)
-    store = Store(load_settings())
-    ids = seed(store, photos)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    web = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not web.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", store, ids
-    web.should_exit = True
-    thread.join(10)
-    store.dispose()
-
-
-def logged_in(browser, base: str, name: str, start: str = "/"):
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(20000)
-    page.goto(base + start)
-    assert "/login" in page.url  # pages need a login
-    page.fill('input[name="name"]', name)
-    page.fill('input[name="password"]', PASSWORD)
-    page.click('button[type="submit"]')
-    page.wait_for_url(re.compile(re.escape(base + start.split("?")[0]) + ".*"))
-    return page
-
 
 def tag_status(store, member_id: int, text: str) -> str | None:
     with store.session() as session:

@@ -37,7 +37,7 @@ def test_grid_filters_and_sorts(client, monkeypatch, few_rows):
     assert c.get("/api/datasets/portraits/members", params={"sort": "bogus"}).status_code == 400
 
 
-def test_two_curators_on_one_image_stale_edit_gets_409_and_nothing_is_lost(seeded, client):
+def test_two_curators_on_one_image_merge_different_parts_and_conflict_on_the_same(seeded, client):
     _, ids = seeded
     messi = ids["messi5.jpg"]
     one, two = client("cur1"), client("cur2")
@@ -46,21 +46,33 @@ def test_two_curators_on_one_image_stale_edit_gets_409_and_nothing_is_lost(seede
     assert seen_by_two["revision"] == revision
 
     r = one.post(f"/api/members/{messi}/tags/status", json={"text": "soccer", "status": "accepted", "revision": revision})
-    assert r.status_code == 200 and r.json()["revision"] == revision + 1
+    assert r.status_code == 200 and r.json()["revision"] == revision + 1 and not r.json()["merged"]
 
-    stale = two.put(f"/api/members/{messi}/caption", json={"caption": "cur2's caption", "revision": revision})
+    # another tag and the caption were not touched by cur1: cur2's edits made on the old page merge
+    other_tag = two.post(f"/api/members/{messi}/tags/status", json={"text": "1boy", "status": "rejected", "revision": revision})
+    assert other_tag.status_code == 200 and other_tag.json()["merged"]
+    caption = two.put(f"/api/members/{messi}/caption", json={"caption": "cur2's caption", "revision": revision})
+    assert caption.status_code == 200
+    state = caption.json()
+    assert state["caption"] == "cur2's caption"
+    assert {t["text"]: t["status"] for t in state["tags"]} == {"1boy": "rejected", "soccer": "accepted",
+                                                              "outdoors": "suggested"}
+
+    # the same tag, or the caption, changed since the page was loaded: 409, nothing written
+    same_tag = two.post(f"/api/members/{messi}/tags/status", json={"text": "soccer", "status": "rejected", "revision": revision})
+    assert same_tag.status_code == 409 and "soccer" in same_tag.json()["error"]
+    stale = one.put(f"/api/members/{messi}/caption", json={"caption": "cur1's caption", "revision": revision + 1})
     assert stale.status_code == 409
     body = stale.json()
-    assert body["conflict"] and "cur1" in body["error"]
+    assert body["conflict"] and "caption" in body["error"] and "cur2" in body["error"]
     current = body["current"]
-    assert current["revision"] == revision + 1
+    assert current["caption"] == "cur2's caption"  # the stale edit wrote nothing
     assert {t["text"]: t["status"] for t in current["tags"]}["soccer"] == "accepted"
-    assert current["caption"] == "a photo: messi5.jpg"  # the stale edit wrote nothing
 
-    retried = two.put(f"/api/members/{messi}/caption", json={"caption": "cur2's caption", "revision": current["revision"]})
+    retried = one.put(f"/api/members/{messi}/caption", json={"caption": "cur1's caption", "revision": current["revision"]})
     assert retried.status_code == 200
-    final = one.get(f"/api/members/{messi}").json()
-    assert final["caption"] == "cur2's caption"
+    final = two.get(f"/api/members/{messi}").json()
+    assert final["caption"] == "cur1's caption"
     assert {t["text"]: t["status"] for t in final["tags"]}["soccer"] == "accepted"  # cur1's edit kept
 
 
@@ -142,12 +154,21 @@ def test_audit_log_holds_every_change_and_undo_restores(seeded, client):
     assert (snap_before, snap_after) == ("a photo: HappyFish.jpg", "a goldfish")
     assert admin.get("/api/audit", params={"action": "exclude"}).json()["entries"][0]["after"]["members"][str(fish)]["fields"]["excluded_reason"] == "blurry"
 
-    # undo walks back through cur1's changes (the commit itself stays: versions are immutable)
+    # undo walks back through cur1's changes (the commit itself stays: versions are immutable);
+    # the two changes of several images ask for their count first
+    confirmed = []
     for _ in range(10):
-        assert c.post("/api/undo").status_code == 200
+        r = c.post("/api/undo")
+        if r.status_code == 409 and "confirm" in r.json():
+            assert f"{r.json()['confirm']:,} images" in r.json()["error"]
+            confirmed.append((r.json()["action"], r.json()["confirm"]))
+            r = c.post("/api/undo", json={"confirm": r.json()["confirm"]})
+        assert r.status_code == 200, r.text
+    assert confirmed == [("tag_rename", 4), ("bulk_add", 7)]
     restored = c.get(f"/api/members/{fish}").json()
-    for key in ("caption", "status", "excluded_reason", "reviewed_at", "reviewed_by", "revision"):
+    for key in ("caption", "status", "excluded_reason", "reviewed_at", "reviewed_by"):
         assert restored[key] == original[key], key
+    assert restored["revision"] > original["revision"]  # revisions only go up: an undo is a change too
     assert restored["tags"] == original["tags"]
     assert {t["text"] for t in c.get("/api/datasets/portraits/tags").json()["tags"]} >= {"sky", "underwater"}
     assert c.get("/api/datasets/portraits/tags").json()["rules"] == []
@@ -155,17 +176,33 @@ def test_audit_log_holds_every_change_and_undo_restores(seeded, client):
     assert len(admin.get("/api/audit", params={"action": "undo"}).json()["entries"]) == 10
 
 
-def test_undo_refuses_when_another_curator_changed_the_image_since(seeded, client):
+def test_undo_refuses_only_what_was_overwritten_and_says_by_whom(seeded, client):
     _, ids = seeded
     messi = ids["messi5.jpg"]
-    one, two = client("cur1"), client("cur2")
+    one, two, admin = client("cur1"), client("cur2"), client("boss")
     rev = one.get(f"/api/members/{messi}").json()["revision"]
+    rev = one.post(f"/api/members/{messi}/tags/status", json={"text": "soccer", "status": "accepted", "revision": rev}).json()["revision"]
     rev = one.put(f"/api/members/{messi}/caption", json={"caption": "mine", "revision": rev}).json()["revision"]
-    two.post(f"/api/members/{messi}/tags", json={"text": "ball", "revision": rev})
-    refused = one.post("/api/undo")
-    assert refused.status_code == 409 and refused.json()["current"]["caption"] == "mine"
+    rev = two.post(f"/api/members/{messi}/tags", json={"text": "ball", "revision": rev}).json()["revision"]
+    two.put(f"/api/members/{messi}/caption", json={"caption": "theirs", "revision": rev})
+
+    refused = one.post("/api/undo")  # my newest change (the caption) was overwritten by cur2
+    assert refused.status_code == 409
+    message = refused.json()["error"]
+    assert "caption" in message and "cur2" in message and "caption_edit" in message
+    # my older change can still be undone, from the image's history
+    history = one.get(f"/api/members/{messi}/history").json()["entries"]
+    accept = next(e for e in history if e["action"] == "tag_accept")
+    assert accept["undoable"] and not next(e for e in history if e["user"] == "cur1" and e["action"] == "caption_edit")["undoable"]
+    assert one.post("/api/undo", json={"entry_id": accept["id"]}).status_code == 200
     state = one.get(f"/api/members/{messi}").json()
-    assert state["caption"] == "mine" and "ball" in {t["text"] for t in state["tags"]}
+    assert state["caption"] == "theirs" and "ball" in {t["text"] for t in state["tags"]}
+    assert {t["text"]: t["status"] for t in state["tags"]}["soccer"] == "suggested"
+    # someone else's change: only an admin may undo it
+    ball = next(e for e in history if e["action"] == "tag_add")
+    assert one.post("/api/undo", json={"entry_id": ball["id"]}).status_code == 409
+    assert admin.post("/api/undo", json={"entry_id": ball["id"]}).status_code == 200
+    assert "ball" not in {t["text"] for t in one.get(f"/api/members/{messi}").json()["tags"]}
 
 
 def test_commit_and_diff_versions(seeded, client):
@@ -189,8 +226,8 @@ def test_pages_render_for_a_viewer(seeded, client):
     v = client("viewer")
     assert "messi5.jpg" in v.get("/d/portraits").text
     assert "messi5.jpg" in v.get("/d/portraits", params={"face": "yes"}).text
-    page = v.get(f"/d/portraits/m/{ids['messi5.jpg']}", params={"i": 0}).text
-    assert "align" in page and "opencv-cascade" in page and 'id="next"' in page
+    page = v.get(f"/d/portraits/m/{ids['messi5.jpg']}", params={"from": "grid"}).text  # → a review session
+    assert "align" in page and "opencv-cascade" in page and 'id="prev"' in page and "7 / 7" in page
     assert "sky" in v.get("/d/portraits/tags").text
     assert "<svg" in v.get("/d/portraits/charts").text
     assert "No versions yet" in v.get("/d/portraits/versions").text
