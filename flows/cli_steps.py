@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def step(
-    name: str = typer.Argument(..., help="align, restore, upscale, outpaint, tag, caption, aesthetic, quality"),
+    name: str = typer.Argument(..., help="align, restore, upscale, outpaint, img2img, loopback, detailer, edit, tag, caption, aesthetic, quality"),
     images: list[Path] = typer.Argument(..., help="image files"),
     out: Path = typer.Option(..., "--out", help="folder for the results"),
     sets: list[str] | None = typer.Option(None, "--set", help="parameter override, key=value"),
@@ -53,6 +53,11 @@ def step(
                     result.image.save(target)
                     record["output"] = str(target)
                     record["size"] = list(result.image.size)
+                for kind, images in (("intermediates", result.intermediates), ("masks", result.masks)):
+                    for label, extra in images.items():
+                        suffix = f"{label}.mask.png" if kind == "masks" else f"{label}.png"
+                        extra.save(out / f"{path.stem}.{name}.{suffix}")
+                        record.setdefault(kind, {})[label] = str(out / f"{path.stem}.{name}.{suffix}")
                 record["meta"] = result.meta
                 if result.tags is not None:
                     record["tags"] = [dataclasses.asdict(t) for t in result.tags]

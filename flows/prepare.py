@@ -92,6 +92,10 @@ def run_batch(step: str, params: dict, blobs_url: str, items: list[dict]) -> dic
             data = _encode_png(output.image)
             result["artifact"] = {"sha256": blobs.put(data, "png"), "ext": "png",
                                   "width": output.image.width, "height": output.image.height}
+        if output.intermediates:  # images made along the way (loopback's loops): artifacts beside the result
+            result["intermediates"] = {name: {"sha256": blobs.put(_encode_png(image), "png"), "ext": "png",
+                                              "width": image.width, "height": image.height}
+                                       for name, image in output.intermediates.items()}
         if output.image is not None or output.masks:
             try:
                 masks, dropped = carry_masks(entry.masks, entry.image.size, output.image, output.masks, step)

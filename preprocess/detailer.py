@@ -22,7 +22,7 @@ from pydantic import Field
 from preprocess.diffusion import DiffusionParams
 from preprocess.face_detect import load_detector
 from preprocess.img2img import Reworker, item_prompt
-from preprocess.region_masks import box_mask, feather, mask_image
+from preprocess.region_masks import box_mask, feather, generated_mask, mask_image
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
 
 
@@ -125,7 +125,7 @@ def load_detailer(params: dict, registry) -> LoadedStep:
                 union = np.maximum(union, weights)
             meta["regions"] = regions
             outputs.append(StepOutput(image=image, meta=meta, masks={
-                "detail": mask_image(union), "generated": mask_image((union > 0).astype(np.float32))}))
+                "detail": mask_image(union), "generated": generated_mask(union, item.masks.get("generated"))}))
         return outputs
 
     return LoadedStep("detailer", "sd-inpaint", rework.resolved.name, rework.resolved.sha256, run, p.model_dump())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from PIL import Image
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from preprocess.diffusion import DiffusionParams, generator, lineage, load_diffusion_pipeline, unet_in_channels, work_size
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
@@ -21,16 +21,17 @@ from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_pa
 class EditParams(DiffusionParams):
     model: str = "instruct-pix2pix"
     prompt: str = ""  # unused: the instruction is the prompt
-    instruction: str | None = None
     instruction_from: Literal["param", "caption"] = "param"
+    instruction: str | None = Field(None, validate_default=True)
     image_guidance: float = Field(1.5, ge=1, le=10)  # ≥ 1; higher keeps closer to the input image
     guidance: float = Field(7.5, ge=1, le=30)
 
-    @model_validator(mode="after")
-    def _instruction_given(self) -> EditParams:
-        if self.instruction_from == "param" and not (self.instruction or "").strip():
-            raise ValueError("instruction: give one, or set instruction_from: caption to take each image's caption")
-        return self
+    @field_validator("instruction", mode="after")
+    @classmethod
+    def _instruction_given(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("instruction_from", "param") == "param" and not (value or "").strip():
+            raise ValueError("give one, or set instruction_from: caption to take each image's caption")
+        return value
 
 
 @register("edit", params=EditParams)

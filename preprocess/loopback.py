@@ -13,7 +13,7 @@ from pydantic import Field
 
 from preprocess.diffusion import DiffusionParams
 from preprocess.img2img import Reworker, item_prompt
-from preprocess.region_masks import feather, item_mask, mask_image
+from preprocess.region_masks import feather, generated_mask, item_mask
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
 
 
@@ -46,7 +46,7 @@ def load_loopback(params: dict, registry) -> LoadedStep:
                     "strength_change": p.strength_change, "mask": p.mask, "source_size": list(item.image.size)}
             weights = None
             if p.mask:
-                region = item_mask(p.mask, item.image, item.meta, getattr(item, "masks", None), p.mask_dilation,
+                region = item_mask(p.mask, item.image, item.meta, item.masks, p.mask_dilation,
                                    item.name)
                 if region is None or not region.any():
                     outputs.append(StepOutput(image=None, meta={**meta, "skipped": f"nothing to do: mask {p.mask!r} "
@@ -66,7 +66,7 @@ def load_loopback(params: dict, registry) -> LoadedStep:
             meta["loops"] = loops
             output = StepOutput(image=image, meta=meta, intermediates=intermediates)
             if weights is not None:
-                output.masks = {"generated": mask_image((weights > 0).astype("float32"))}
+                output.masks = {"generated": generated_mask(weights, item.masks.get("generated"))}
             outputs.append(output)
         return outputs
 

@@ -88,3 +88,11 @@ def item_mask(source: str, image: Image.Image, meta: dict[str, Any], masks: dict
         return load_mask_file(source, image.size, name)
     raise ValueError(f"mask: {source!r} is neither 'faces', an earlier step's mask ({', '.join(masks or {}) or 'none'}) "
                      f"nor a PNG file")
+
+
+def generated_mask(weights: np.ndarray, earlier: Image.Image | None) -> Image.Image:
+    """The "generated" mask after a rework: every pixel that may have changed, plus what was generated before."""
+    mask = np.where(weights * 255 + 0.5 >= 1, 255, 0).astype(np.uint8)  # where mask_image(weights) > 0
+    if earlier is not None and earlier.size == (mask.shape[1], mask.shape[0]):
+        mask = np.maximum(mask, np.asarray(earlier.convert("L")))
+    return Image.fromarray(mask, "L")

@@ -152,8 +152,14 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
 
     check_params(name, params)  # imports the step's module, so _PARAMS knows its model
     values = _PARAMS[name].model_validate(params).model_dump() if name in _PARAMS else dict(params)
+    flat: list[tuple[str, Any]] = []
+    for key, value in sorted(values.items()):  # lists of names/paths count too (loras: [{path, weight}], detect)
+        items = value if isinstance(value, list) else [value]
+        for index, entry in enumerate(items):
+            entry = entry.get("path") if isinstance(entry, dict) else entry
+            flat.append((key if entry is value else f"{key}.{index}", entry))
     parts = []
-    for key, value in sorted(values.items()):
+    for key, value in flat:
         if not isinstance(value, str) or not value:
             continue
         if value in registry.entries:

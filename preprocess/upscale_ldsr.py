@@ -43,8 +43,12 @@ class LdsrNetwork(torch.nn.Module):
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         generator = torch.Generator("cpu").manual_seed(self.seed)
-        out = self.pipe(image=x * 2 - 1, num_inference_steps=self.steps, eta=self.eta, generator=generator,
-                        output_type="pt").images
+        # DDIM's eta noise is drawn from the global RNG (the pipeline passes no generator to the scheduler):
+        # seed it too, inside a fork so the caller's RNG state is left as it was
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            out = self.pipe(image=x * 2 - 1, num_inference_steps=self.steps, eta=self.eta, generator=generator,
+                            output_type="pt").images
         out = out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
         return out[..., : height * 4, : width * 4]
 

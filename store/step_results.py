@@ -89,6 +89,11 @@ def record_result(session: Session, state: MemberState, step: str, params: dict,
         session.add(artifact)
         session.flush()
         artifact_id = artifact.id
+    for name, made in (result.get("intermediates") or {}).items() if result["status"] == "done" else ():
+        session.add(Artifact(sha256=made["sha256"], ext=made["ext"], width=made["width"], height=made["height"],
+                             image_id=state.image_id, parent_id=state.artifact_id, step=step, params=params,
+                             params_hash=params_hash, backend=backend, model_id=model_id, model_hash=model_hash,
+                             meta={"intermediate": name}))
     if result["status"] == "done" and result.get("masks"):
         from store.masks import record_masks
 
@@ -97,7 +102,8 @@ def record_result(session: Session, state: MemberState, step: str, params: dict,
                      params_hash=params_hash, backend=backend, model_id=model_id, model_hash=model_hash)
     row.status = result["status"]
     row.output_artifact_id = artifact_id
-    row.output = {k: result.get(k) for k in ("meta", "tags", "caption", "scores", "artifact")} | {"model_id": model_id}
+    row.output = {k: result.get(k) for k in ("meta", "tags", "caption", "scores", "artifact", "intermediates")} \
+        | {"model_id": model_id}
     if result.get("masks") is not None:
         row.output["masks"] = result["masks"]
     row.backend = backend

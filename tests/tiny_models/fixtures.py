@@ -58,3 +58,46 @@ def registry(tmp_path_factory):
 
     home = tmp_path_factory.getbasetemp() / "registry_home"
     return load_registry(settings=load_settings({"ATELIER_HOME": str(home)}))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny SD 1.x diffusers folder (4-channel UNet): txt2img/img2img."""
+    from tests.tiny_models.sd import build_tiny_sd
+
+    return build_tiny_sd(_home(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_inpaint(tmp_path_factory) -> Path:
+    from tests.tiny_models.sd_inpaint import build_tiny_sd_inpaint
+
+    return build_tiny_sd_inpaint(_home(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def tiny_ip2p(tmp_path_factory) -> Path:
+    from tests.tiny_models.sd_ip2p import build_tiny_ip2p
+
+    return build_tiny_ip2p(_home(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def tiny_swinir(tmp_path_factory) -> Path:
+    from tests.tiny_models.swinir import build_swinir
+
+    return build_swinir(_home(tmp_path_factory) / "swinir")
+
+
+@pytest.fixture(scope="session")
+def tiny_ldsr(tmp_path_factory) -> Path:
+    from tests.tiny_models.ldsr import build_tiny_ldsr
+
+    return build_tiny_ldsr(_home(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def tiny_yolo(tmp_path_factory) -> Path:
+    from tests.tiny_models.yolo_onnx import build_tiny_yolo_onnx
+
+    return build_tiny_yolo_onnx(_home(tmp_path_factory) / "yolo")
