@@ -139,17 +139,16 @@ def load_diffusion_pipeline(cls, resolved, p: DiffusionParams, registry, step: s
         raise ValueError(f"step {step!r}: model: {folder} is not a diffusers folder (no model_index.json)")
     cuda = torch.cuda.is_available()
     dtype = torch.float16 if cuda else torch.float32
-    extra: dict[str, Any] = {}
-    if p.vae:
-        from diffusers import AutoencoderKL
-
-        vae_path = Path(registry.resolve(p.vae).path)
-        vae_path = vae_path / "vae" if (vae_path / "vae" / "config.json").is_file() else vae_path
-        if not (vae_path / "config.json").is_file():
-            raise ValueError(f"step {step!r}: vae: {vae_path} is not a diffusers AutoencoderKL folder (no config.json)")
-        extra["vae"] = AutoencoderKL.from_pretrained(vae_path, local_files_only=True, dtype=dtype)
     pipe = cls.from_pretrained(str(folder), local_files_only=True, safety_checker=None, feature_extractor=None,
-                               requires_safety_checker=False, dtype=dtype, **extra)
+                               requires_safety_checker=False, dtype=dtype)
+    if p.vae:  # the training side's VAE choice (registry name, diffusers folder, or an LDM/diffusers single file)
+        from training.vae import load_vae
+
+        try:
+            chosen = load_vae(p.vae, dict(pipe.vae.config), int(pipe.unet.config.out_channels))
+        except ValueError as error:  # a missing file stays ModelMissing, naming where to put it
+            raise ValueError(f"step {step!r}: {error}") from None
+        pipe.vae = chosen.vae.to(dtype)
     pipe.set_progress_bar_config(disable=True)
     set_scheduler(pipe, p.sampler)
     if p.loras:
