@@ -47,15 +47,18 @@ def launcher(num_processes: int = 1) -> list[str]:
 def stream_process(command: list[str], log: Callable[[str], None], env: dict | None = None) -> tuple[int, list[str]]:
     """Run `command`, passing each output line to `log` as it comes; returns (exit code, last lines)."""
     tail: deque[str] = deque(maxlen=40)
+    reasons: list[str] = []  # a data-parallel launcher's failure report can push a rank's reason out of the tail
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert process.stdout is not None
     for line in process.stdout:
         line = line.rstrip()
         tail.append(line)
+        if line.startswith("training failed:"):
+            reasons.append(line)
         if line and not line.startswith((" ", "Traceback")) and "Warning" not in line:
             log(line)
-    return process.wait(), list(tail)
+    return process.wait(), [*reasons[:1], *tail]
 
 
 def failure_reason(code: int, tail: list[str]) -> str:

@@ -163,3 +163,17 @@ def test_each_rank_takes_its_shard_of_the_global_batch_and_samples_draw_alike():
     # a sample's seed is its position in the global batch, not in a process's shard
     assert sample_seed(0, 3, 1, 2, "noise") != sample_seed(0, 3, 1, 0, "noise")
     assert sample_seed(0, 3, 1, 2, "noise") == sample_seed(0, 3, 1, 2, "noise")
+
+
+@pytest.mark.slow
+def test_a_failing_rank_fails_the_run_with_its_reason(tmp_path, monkeypatch):
+    """torch.distributed's launcher prints a long failure report after the ranks' own lines: the reason survives."""
+    from flows.train import failure_reason, launcher, stream_process
+
+    monkeypatch.delenv("ATELIER_TRAIN_LAUNCHER", raising=False)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"config": {"base_model": "sd15", "num_processes": 2, "max_train_steps": 0},
+                               "data_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}))
+    code, tail = stream_process([*launcher(2), str(job)], lambda line: None)
+    assert code != 0
+    assert failure_reason(code, tail).startswith(f"ConfigError: {job}: max_train_steps: Input should be greater")
