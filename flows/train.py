@@ -156,7 +156,11 @@ def execute_run(store: Store, run_id: int, *, log: Callable[[str], None] = print
     result_file = output_dir / "result.json"
     if code == 0 and result_file.exists():
         result = json.loads(result_file.read_text())
-        _finish(store, run_id, status="succeeded", metrics=result["metrics"], outputs=result["outputs"], error=None)
+        from store.run_outputs import upload_outputs
+
+        # the weights in the blob store too: evaluation and publishing may run on another machine
+        outputs = upload_outputs(store, result["outputs"])
+        _finish(store, run_id, status="succeeded", metrics=result["metrics"], outputs=outputs, error=None)
         log(f"training run {run_id} succeeded: final loss {result['metrics']['final_loss']:.4f}, "
             f"{result['metrics']['seconds_per_step']:.3f} s/step")
         return run_id

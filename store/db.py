@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -59,11 +59,12 @@ class Store:
         from store.blobs import BlobStore
 
         self.settings = settings or load_settings()
+        self.blobs = BlobStore(self.settings.blobs_url)
+        self.blobs.check()  # an unreachable or refused blob store fails here, before anything is written
         self.engine = make_engine(self.settings.database_url)
         if migrate:
             upgrade(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.blobs = BlobStore(self.settings.blobs_url)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

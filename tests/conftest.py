@@ -107,3 +107,26 @@ def store(db_url, tmp_path, monkeypatch):
     yield instance
     instance.dispose()
     stop_local_prefect(home)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-protocol server (moto's standalone server) on 127.0.0.1 for the whole session."""
+    from tests.s3_server import moto_s3
+
+    with moto_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_blobs(atelier_env, s3_endpoint, monkeypatch) -> str:
+    """ATELIER_BLOBS=s3://<fresh bucket>/blobs on the test S3 server, credentials in the AWS variables."""
+    from tests.s3_server import TEST_CREDENTIALS, make_bucket
+
+    bucket = f"atelier-{uuid.uuid4().hex[:12]}"
+    make_bucket(s3_endpoint, bucket)
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("ATELIER_BLOBS", f"s3://{bucket}/blobs")
+    return f"s3://{bucket}/blobs"
