@@ -10,7 +10,7 @@ from store.datasets import get_dataset
 from store.db import Store
 from store.models import Champion, Dataset, DatasetVersion, Evaluation, TrainingRun
 
-KEY_HYPERPARAMETERS = ["method", "rank", "lora_alpha", "learning_rate", "max_train_steps", "train_batch_size",
+KEY_HYPERPARAMETERS = ["method", "rank", "lora_alpha", "learning_rate", "max_train_steps", "train_batch_size", "vae",
                        "resolution", "train_text_encoder", "seed"]
 KEY_METRICS = ["dino", "clip_i", "clip_t", "aesthetic", "face_identity", "diversity", "faces_missing"]
 

@@ -114,6 +114,9 @@ def sample_run(method: str, outputs: dict[str, Any], base_model: str, base_model
         from training.textual_inversion import load_into_pipeline
 
         load_into_pipeline(base, outputs["embedding"]["path"], identifier)
+        if "lora" in outputs:  # pivotal tuning: the LoRA trained with the embedding
+            base.load_lora_weights(outputs["lora"]["path"], adapter_name="trained")
+            base.set_adapters(["trained"], adapter_weights=[preset.lora_scale])
     elif kind == "hypernetwork":
         from training.hypernetwork import Hypernetwork, apply_hypernetwork
 

@@ -49,6 +49,7 @@ class TextualInversionConfig(BaseModel):
     placeholder_token: str = "<sks>"  # the word prompts use; must not already be in the tokenizer
     num_vectors: int = Field(1, ge=1, le=75)  # tokens it stands for: <sks>, <sks>_1, ... (as diffusers names them)
     initializer_token: str = "person"  # a word that is ONE token; the new vectors start from its embedding
+    with_lora: bool = False  # pivotal tuning: a UNet LoRA (rank, lora_alpha, target_modules) trains in the same run
 
 
 class HypernetworkConfig(BaseModel):
@@ -166,7 +167,8 @@ class TrainConfig(BaseModel):
 
     @property
     def uses_lora(self) -> bool:
-        return self.method in ("lora", "dreambooth-lora")
+        return self.method in ("lora", "dreambooth-lora") or \
+            (self.method == "textual_inversion" and self.textual_inversion.with_lora)
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:

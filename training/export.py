@@ -139,6 +139,8 @@ def kohya_metadata(config, family: str, base_model_hash: str, dataset: dict[str,
     }
     if config.identifier or config.class_word:
         meta["modelspec.trigger_phrase"] = " ".join(p for p in (config.identifier, config.class_word) if p)
+    if config.method == "textual_inversion":  # pivotal tuning: the LoRA goes with the embedding's word
+        meta["modelspec.trigger_phrase"] = config.textual_inversion.placeholder_token
     return meta
 
 

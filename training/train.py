@@ -148,9 +148,9 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         encoder.requires_grad_(False)
     trained: dict[str, torch.nn.Module] = {"unet": unet}
     method = method_for(config, model, device)  # textual inversion / hypernetwork: their own trained parts
-    if method is not None:
-        trained = method.trained
-    elif config.uses_lora:
+    if method is not None:  # pivotal tuning: the new tokens and a UNet LoRA together
+        trained = {"unet": unet, **method.trained} if config.uses_lora else method.trained
+    if config.uses_lora:
         from peft import LoraConfig
 
         unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
@@ -162,7 +162,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
                 inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
                                                    target_modules=config.text_encoder_target_modules), encoder)
                 trained[f"text_encoder{'_2' if index else ''}"] = encoder
-    else:
+    elif method is None:
         unet.requires_grad_(True)
         if config.train_text_encoder:
             model.text_encoders[0].requires_grad_(True)
@@ -170,7 +170,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     vae.to(device)  # fp32: it encodes once per image (cached), and SD's VAE overflows in fp16
     for module in (unet, *model.text_encoders):
         module.to(device)
-        fully_trained = not config.uses_lora and any(module is m for m in trained.values())
+        fully_trained = any(module is m for m in trained.values()) and \
+            (not config.uses_lora or (method is not None and module is not unet))  # TI embeddings stay fp32
         if weight_dtype != torch.float32 and not fully_trained:
             module.to(dtype=weight_dtype)  # frozen weights in half precision; trained ones stay fp32
     if config.uses_lora:
@@ -332,8 +333,9 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         module.eval()
     if config.validation_prompts:
         samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device, autocast)
-    outputs = method.export(output_dir, dataset, started_at) if method is not None else \
-        export_outputs(config, model, examples, output_dir, dataset, started_at)
+    outputs = method.export(output_dir, dataset, started_at) if method is not None else {}
+    if method is None or config.uses_lora:  # pivotal tuning writes the embedding and the LoRA
+        outputs.update(export_outputs(config, model, examples, output_dir, dataset, started_at))
     if chosen_vae:
         outputs["vae"] = chosen_vae.record()
     outputs["samples"] = samples

@@ -37,7 +37,7 @@ def _samples(store, evaluation_id):
 
 
 def test_a_textual_inversion_run_is_sampled_with_its_token_and_scored(sqlite_store, photos, tmp_path, tiny_sd_dir,
-                                                                      eval_preset, registry):
+                                                                      tiny_loras, eval_preset, registry):
     from flows.evaluate import evaluation_summary, run_evaluation
 
     store = sqlite_store
@@ -56,6 +56,15 @@ def test_a_textual_inversion_run_is_sampled_with_its_token_and_scored(sqlite_sto
             assert sha != samples[("base", prompt, seed)][0] and model_id == str(path)
     metrics = evaluation_summary(store, evaluation)["metrics"]
     assert {"clip_t", "clip_i", "dino"} <= metrics["trained"].keys() and "dino" in metrics["lift"]
+
+    # pivotal tuning: the embedding and its LoRA, both applied
+    pivotal = _run(store, version_id, tiny_sd_dir, "textual_inversion",
+                   {"embedding": {"path": str(path), "sha256": "e" * 64, "token": "<sks>", "num_vectors": 2},
+                    "lora": tiny_loras[0]})
+    both = _samples(store, run_evaluation(store, pivotal, load_preset(eval_preset), registry=registry,
+                                          log=lambda s: None))
+    for key, (sha, _, _) in both.items():
+        assert (sha == samples[key][0]) == (key[0] == "base")
 
 
 def test_a_hypernetwork_run_is_applied_at_the_presets_strength(sqlite_store, photos, tmp_path, tiny_sd_dir,

@@ -143,3 +143,23 @@ def test_the_shipped_presets_validate():
     methods = {p.name: load_config(p).method for p in sorted(Path("configs/train").glob("*.yaml"))}
     assert methods["textual-inversion-sd15.yaml"] == methods["textual-inversion-sdxl.yaml"] == "textual_inversion"
     assert methods["hypernetwork-sd15.yaml"] == "hypernetwork"
+
+
+def test_pivotal_tuning_writes_the_embedding_and_a_lora_that_load_together(tiny_sd_dir, kohya_folder, tmp_path):
+    from training.config import load_config
+    from training.train import run_training
+
+    config = load_config(tiny_config(tiny_sd_dir, method="textual_inversion", max_train_steps=2, rank=2,
+                                     learning_rate=5e-2, textual_inversion={**TI, "with_lora": True}))
+    outputs = run_training(config, kohya_folder, tmp_path / "out", cache_dir=tmp_path / "cache",
+                           log=lambda s: None)["outputs"]
+    assert {"embedding", "lora", "lora_peft"} <= outputs.keys()
+    with safe_open(outputs["lora"]["path"], "pt") as handle:
+        assert handle.metadata()["modelspec.trigger_phrase"] == "<sks>"
+        assert all(k.startswith("lora_unet_") for k in handle.keys())  # the text encoder learns only the tokens
+
+    pipe = _pipe(tiny_sd_dir)
+    pipe.load_textual_inversion(outputs["embedding"]["path"], token="<sks>")
+    embedding_only = _image(pipe, "<sks> dog")
+    pipe.load_lora_weights(outputs["lora"]["path"])
+    assert abs(_image(pipe, "<sks> dog") - embedding_only).max() > 1e-3
