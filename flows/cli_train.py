@@ -1,4 +1,5 @@
-"""Training commands: train (LoRA / DreamBooth on a dataset version) and merge (checkpoints, LoRA)."""
+"""Training commands: train (LoRA / DreamBooth / textual inversion / hypernetwork on a dataset version) and merge
+(checkpoints, LoRA, VAE)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def train(
     no_flow: bool = typer.Option(False, "--no-flow", help="run without Prefect (plain function)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
-    """Train LoRA / DreamBooth on a dataset version in a subprocess and record the training run."""
+    """Train LoRA, DreamBooth, textual inversion or a hypernetwork (the preset's method) on a dataset version."""
     from flows.train import TrainingFailed, create_run, execute_run, train_flow
     from store.datasets import parse_version_ref
     from store.db import open_store
