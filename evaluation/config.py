@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from store.config_files import ConfigError, read_yaml
 from store.config_files import deep_merge as merge_overrides
+from training.aesthetic_gradients import AestheticOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = REPO_ROOT / "configs" / "eval" / "default.yaml"
@@ -26,7 +27,7 @@ METRICS = {"clip_t": True, "clip_i": True, "dino": True, "aesthetic": True, "fac
            "diversity": True, "faces_missing": False}
 
 
-class EvalPreset(BaseModel):
+class EvalPreset(AestheticOptions):  # aesthetic_*: aesthetic gradients while sampling
     model_config = ConfigDict(extra="forbid")
 
     prompts: list[str] = Field(min_length=1)
@@ -61,7 +62,7 @@ class EvalPreset(BaseModel):
         """What a sample's lineage records: everything that changes the pixels."""
         return self.model_dump(include={"num_inference_steps", "guidance_scale", "height", "width",
                                         "negative_prompt", "scheduler", "lora_scale", "hypernetwork_strength",
-                                        "vae"})
+                                        "vae"}) | self.aesthetic_settings
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

@@ -52,13 +52,18 @@ def generate(pipe, model: str, templates: list[str], preset: EvalPreset, identif
     """Every template × seed through `pipe`, batched per prompt; returns samples in (prompt, seed) order."""
     import torch
 
+    from training.aesthetic_gradients import load_aesthetic
+
+    aesthetic = load_aesthetic(preset)
     out: list[GeneratedSample] = []
     for template in templates:
         prompt = fill_prompt(template, identifier, class_word)
+        embeds = aesthetic.prompt_embeds(pipe, prompt) if aesthetic else None  # once per prompt, outside inference_mode
         for start in range(0, len(preset.seeds), preset.batch_size):
             seeds = preset.seeds[start:start + preset.batch_size]
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-            kwargs: dict[str, Any] = dict(prompt=[prompt] * len(seeds), generator=generators,
+            text = {"prompt_embeds": embeds.repeat(len(seeds), 1, 1)} if embeds is not None else {"prompt": [prompt] * len(seeds)}
+            kwargs: dict[str, Any] = dict(**text, generator=generators,
                                           num_inference_steps=preset.num_inference_steps,
                                           guidance_scale=preset.guidance_scale, height=preset.height, width=preset.width)
             if preset.negative_prompt:

@@ -1,4 +1,5 @@
-"""Evaluation commands: eval (sample + score a run), runs (side by side, diff), promote, rollback, nightly."""
+"""Evaluation commands: eval (sample + score a run), runs (side by side, diff), promote, rollback, nightly,
+aesthetic-embedding (the target of aesthetic gradients)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command("promote")(promote)
     app.command("rollback")(rollback)
     app.command("nightly")(nightly)
+    app.command("aesthetic-embedding")(aesthetic_embedding)
 
 
 def _fmt(value) -> str:
@@ -171,3 +173,62 @@ def nightly(
         console.print(f"nightly: {result.get('status')} — {result.get('reason', '')}", highlight=False)
     if result.get("status") == "failed":
         fail(f"nightly failed at {result.get('stage', '?')}: {result.get('reason')}")
+
+
+def aesthetic_embedding(
+    out: Path = typer.Argument(..., help="file to write: NAME.safetensors or NAME.pt"),
+    images: list[Path] | None = typer.Argument(None, help="image files (or use --dataset)"),
+    dataset: str | None = typer.Option(None, "--dataset", help="take a dataset's best-scored members"),
+    top: int = typer.Option(20, "--top", min=1, help="with --dataset: how many members"),
+    score: str = typer.Option("aesthetic", "--score", help="with --dataset: the score to rank by"),
+    clip: str = typer.Option("clip-vit-l14", "--clip", help="CLIP model (registry name or folder)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+) -> None:
+    """Write an aesthetic embedding: the normalised mean CLIP image embedding of images you like.
+
+    Sampling uses it with `aesthetic_embedding: FILE` (eval presets, training validation, class images).
+    """
+    from preprocess.load import RejectedImage, load_image_file
+    from store.registry import ModelMissing, load_registry
+    from training.aesthetic_gradients import image_embedding, save_embedding
+
+    if bool(images) == bool(dataset):
+        fail("give image files or --dataset NAME (one of the two)")
+    try:
+        pictures = [load_image_file(p).image for p in images] if images else _best_scored(dataset, score, top)
+        clip_path = load_registry().resolve(clip).path
+        embedding = image_embedding(pictures, clip_path)
+    except (RejectedImage, ModelMissing, LookupError, ValueError, OSError) as error:
+        fail(str(error).splitlines()[0])
+    save_embedding(embedding, out)
+    emit({"path": str(out), "images": len(pictures), "dimensions": int(embedding.shape[1]), "clip": clip}, as_json)
+
+
+def _best_scored(dataset: str, score: str, top: int) -> list:
+    """The `top` active members of `dataset` with the highest `score`, as images (current artifact or original)."""
+    import io
+
+    from PIL import Image
+    from sqlalchemy import select
+
+    from store.blobs import BlobStore
+    from store.db import open_store
+    from store.models import Artifact, Member, Score
+    from store.models import Image as StoredImage
+    from store.queries import dataset_id
+
+    store = open_store()
+    blobs = BlobStore(store.settings.blobs_url)
+    with store.session() as session:
+        rows = session.execute(
+            select(Member, Score.value).join(Score, Score.member_id == Member.id)
+            .where(Member.dataset_id == dataset_id(session, dataset), Member.status == "active", Score.name == score)
+            .order_by(Score.value.desc(), Member.id).limit(top)).all()
+        if not rows:
+            raise LookupError(f"dataset {dataset!r} has no active member with a {score!r} score (run its scoring step)")
+        blobs_of = []
+        for member, _ in rows:
+            art = session.get(Artifact, member.current_artifact_id) if member.current_artifact_id else None
+            src = art or session.get(StoredImage, member.image_id)
+            blobs_of.append((src.sha256, src.ext))
+    return [Image.open(io.BytesIO(blobs.get(sha, ext))).convert("RGB") for sha, ext in blobs_of]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from store.config_files import ConfigError, deep_merge, read_yaml
+from training.aesthetic_gradients import AestheticOptions
 
 
 class CaptionConfig(BaseModel):
@@ -87,7 +88,7 @@ class HypernetworkConfig(BaseModel):
         return self
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(AestheticOptions):  # aesthetic_*: aesthetic gradients for validation samples and class images
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["lora", "dreambooth", "dreambooth-lora", "textual_inversion", "hypernetwork"] = "lora"

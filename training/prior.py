@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -10,25 +11,33 @@ import torch
 from training.data import IMAGE_SUFFIXES
 
 
-def class_images_folder(cache_dir: Path, base_model_hash: str, prompt: str, resolution: int) -> Path:
-    key = hashlib.sha256(f"{base_model_hash}:{prompt}:{resolution}".encode()).hexdigest()[:16]
+def class_images_folder(cache_dir: Path, base_model_hash: str, prompt: str, resolution: int,
+                        aesthetic: dict | None = None) -> Path:
+    """The cache folder of these class images; aesthetic-gradient settings (when used) are part of the key."""
+    extra = f":{json.dumps(aesthetic, sort_keys=True)}" if aesthetic else ""
+    key = hashlib.sha256(f"{base_model_hash}:{prompt}:{resolution}{extra}".encode()).hexdigest()[:16]
     return Path(cache_dir) / "class_images" / key
 
 
 def ensure_class_images(pipeline, folder: Path, prompt: str, count: int, resolution: int, *,
-                        batch_size: int = 4, steps: int = 25, seed: int = 0, log=print) -> list[Path]:
-    """`count` images of `prompt` in `folder`; only the missing ones are generated (seeds = their index)."""
+                        batch_size: int = 4, steps: int = 25, seed: int = 0, log=print, aesthetic=None) -> list[Path]:
+    """`count` images of `prompt` in `folder`; only the missing ones are generated (seeds = their index).
+
+    `aesthetic` (training.aesthetic_gradients.AestheticGradients): the prompt is encoded with aesthetic gradients.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     have = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     missing = list(range(len(have), count))
     if missing:
         log(f"prior preservation: generating {len(missing)} class images of {prompt!r} into {folder}")
+    embeds = aesthetic.prompt_embeds(pipeline, prompt) if aesthetic is not None and missing else None
     for start in range(0, len(missing), batch_size):
         chunk = missing[start:start + batch_size]
         generators = [torch.Generator().manual_seed(seed + i) for i in chunk]
+        text = {"prompt_embeds": embeds.repeat(len(chunk), 1, 1)} if embeds is not None else {"prompt": [prompt] * len(chunk)}
         with torch.no_grad():
-            images = pipeline([prompt] * len(chunk), num_inference_steps=steps, height=resolution, width=resolution,
+            images = pipeline(**text, num_inference_steps=steps, height=resolution, width=resolution,
                               generator=generators).images
         for index, image in zip(chunk, images):
             tmp = folder / f".{index:05d}.tmp.png"

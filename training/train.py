@@ -194,17 +194,18 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     epoch_length = len(D.epoch_batches(examples, buckets, global_batch, config.seed, 0))
     class_examples: list[D.Example] = []
     if config.prior.enabled:
+        from training.aesthetic_gradients import load_aesthetic
         from training.prior import class_images_folder, ensure_class_images
 
         if not (config.prior.class_prompt or config.class_word):
             raise ValueError("prior.enabled needs prior.class_prompt or class_word (or a dataset with a class word)")
         prompt = config.prior.class_prompt or f"a photo of {config.class_word}"
         folder = Path(config.prior.class_data_dir) if config.prior.class_data_dir else \
-            class_images_folder(cache_dir, model.sha256, prompt, config.resolution)
+            class_images_folder(cache_dir, model.sha256, prompt, config.resolution, config.aesthetic_settings)
         with autocast(), distributed.main_first(processes):
             paths = ensure_class_images(pipe, folder, prompt, config.prior.num_class_images, config.resolution,
                                         batch_size=config.prior.sample_batch_size, steps=config.prior.num_inference_steps,
-                                        seed=config.seed, log=log)
+                                        seed=config.seed, log=log, aesthetic=load_aesthetic(config))
         class_examples = [D.Example(p, D.file_sha256(p), prompt, 1, "class", (config.resolution,) * 2) for p in paths]
     log(f"data: {len(examples)} images, {len(set(buckets.values()))} buckets, {epoch_length} batches per epoch; "
         f"device {device}, weights {str(weight_dtype).removeprefix('torch.')}"
@@ -359,20 +360,24 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
 
 def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, device, autocast) -> list[dict]:
     """Fixed prompts × fixed seeds → PNGs under samples/step-N/; returns [{path, prompt, seed, step}]."""
+    from training.aesthetic_gradients import load_aesthetic
     from training.export import sha256_file
 
     folder = output_dir / "samples" / f"step-{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     pipe.to(device)
+    aesthetic = load_aesthetic(config)
     for p_index, prompt in enumerate(config.validation_prompts):
+        text = {"prompt_embeds": aesthetic.prompt_embeds(pipe, prompt)} if aesthetic else {"prompt": prompt}
         for seed in config.validation_seeds:
             with torch.no_grad(), autocast():  # half-precision frozen weights beside fp32 LoRA and VAE
-                image = pipe(prompt, num_inference_steps=config.validation_inference_steps, height=config.resolution,
+                image = pipe(**text, num_inference_steps=config.validation_inference_steps, height=config.resolution,
                              width=config.resolution, generator=torch.Generator().manual_seed(seed)).images[0]
             path = folder / f"{p_index:02d}-seed{seed}.png"
             image.save(path)
-            rows.append({"path": str(path), "sha256": sha256_file(path), "prompt": prompt, "seed": seed, "step": step})
+            rows.append({"path": str(path), "sha256": sha256_file(path), "prompt": prompt, "seed": seed, "step": step,
+                         **({"aesthetic": config.aesthetic_settings} if aesthetic else {})})
     return rows
 
 
