@@ -111,3 +111,26 @@ def test_an_unknown_activation_fails_naming_the_field(tiny_sd_dir, kohya_folder,
         check_before_training(config, tiny_sd_dir)
     with pytest.raises(HypernetworkError, match="hypernetwork.activation_func: 'wobble'"):
         run_training(config, kohya_folder, tmp_path / "out", cache_dir=tmp_path / "cache", log=lambda s: None)
+
+
+def test_sdxl_trains_and_applies_at_its_own_widths(tiny_sd_dir, kohya_folder, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from tests.tiny_models.sd import build_tiny_sdxl
+    from training.config import load_config
+    from training.hypernetwork import Hypernetwork, apply_hypernetwork
+    from training.train import run_training
+
+    sdxl = build_tiny_sdxl(tiny_sd_dir.parent)
+    config = load_config(tiny_config(sdxl, method="hypernetwork", max_train_steps=1, enable_bucket=False,
+                                     hypernetwork={"weight_init": "XavierNormal"}))
+    path = run_training(config, kohya_folder, tmp_path / "out", cache_dir=tmp_path / "cache",
+                        log=lambda s: None)["outputs"]["hypernetwork"]["path"]
+    network = Hypernetwork.load(path)
+    assert network.sizes == [64]  # SDXL's tiny UNet: 64-wide self-attention and 64-wide (two encoders) context
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    args = dict(num_inference_steps=2, height=64, width=64, output_type="np")
+    before = pipe("sks dog", generator=torch.Generator().manual_seed(0), **args).images[0]
+    apply_hypernetwork(pipe.unet, network, 1.0)
+    assert abs(pipe("sks dog", generator=torch.Generator().manual_seed(0), **args).images[0] - before).max() > 1e-4
