@@ -201,7 +201,7 @@ def sd_steps_table(repeat: int, work: Path) -> None:
             base = per_image
         if backend == "lanczos":
             lanczos = per_image
-        ratio = f"  ×{per_image / base:.1f} vs img2img" if name != "upscale" and base else ""
+        ratio = f"  ×{per_image / base:.1f} vs img2img" if name not in ("upscale", "img2img") else ""
         if name == "upscale" and row_item.image is big and backend != "lanczos":
             ratio = f"  ×{per_image / lanczos:.0f} vs lanczos"
         label = backend + (" (full)" if row_item.image is big and backend != "lanczos" else "")
