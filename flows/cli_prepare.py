@@ -53,7 +53,8 @@ def prepare(
         for c in summary["steps"]:
             console.print(f"{c['step']:>12}: done {c['done']}, cached {c['cached']}, not applicable "
                           f"{c['not_applicable']}, failed {len(c['failed'])}, excluded {c['excluded']} "
-                          f"({c['seconds']:.2f} s, {c['backend'] or '-'})")
+                          f"({c['seconds']:.2f} s, {c['backend'] or '-'})"
+                          + (f" — skipped: {c['skipped']}" if c.get("skipped") else ""), highlight=False)
             for failure in c["failed"]:
                 console.print(f"              failed {failure['path']}: {failure['reason']}", highlight=False)
         if summary.get("version"):

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def step(
-    name: str = typer.Argument(..., help="align, restore, upscale, outpaint, img2img, loopback, detailer, edit, tag, caption, aesthetic, quality"),
+    name: str = typer.Argument(..., help="align, identity, rating, restore, upscale, outpaint, img2img, loopback, detailer, edit, tag, caption, aesthetic, quality"),
     images: list[Path] = typer.Argument(..., help="image files"),
     out: Path = typer.Option(..., "--out", help="folder for the results"),
     sets: list[str] | None = typer.Option(None, "--set", help="parameter override, key=value"),

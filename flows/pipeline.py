@@ -119,6 +119,17 @@ class PipelineConfig(BaseModel):
         return self
 
 
+def steps_without_weights(config: PipelineConfig, registry) -> dict[str, str]:
+    """Step id → why it will be skipped: a registry model it needs is missing and it has no fallback."""
+    from preprocess.steps import missing_weights
+
+    found = {}
+    for step in config.steps:
+        if reason := missing_weights(step.step, step.params, registry):
+            found[step.id] = reason
+    return found
+
+
 def _describe(error: ValidationError, raw: dict) -> str:
     first = error.errors()[0]
     loc = list(first["loc"])

@@ -9,6 +9,7 @@ apply the outcome to the members.
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -18,10 +19,11 @@ from PIL import Image
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import PipelineConfig, StepConfig, load_pipeline
+from flows.pipeline import PipelineConfig, StepConfig, load_pipeline, steps_without_weights
 from preprocess.load import open_image
 from preprocess.masks import carry_masks
-from preprocess.steps import Item, LoadedStep, check_params, load_step, model_fingerprint, params_hash
+from preprocess.steps import (Item, LoadedStep, cache_params_hash, check_params, dataset_pass, load_step,
+                              model_fingerprint, params_hash, step_version)
 from store.blobs import BlobStore
 from store.datasets import get_dataset
 from store.db import Store, open_store
@@ -85,9 +87,8 @@ def run_batch(step: str, params: dict, blobs_url: str, items: list[dict]) -> dic
             continue
         result: dict[str, Any] = {"status": "done", "meta": output.meta, "caption": output.caption,
                                   "scores": dict(output.scores), "seconds": per_item,
-                                  "tags": [asdict(t) for t in output.tags] if output.tags is not None else None}
-        if "faces" in output.meta and "faces" not in result["scores"]:
-            result["scores"]["faces"] = float(len(output.meta["faces"] or []))
+                                  "tags": [asdict(t) for t in output.tags] if output.tags is not None else None,
+                                  "step_version": step_version(step)}
         if output.image is not None:
             data = _encode_png(output.image)
             result["artifact"] = {"sha256": blobs.put(data, "png"), "ext": "png",
@@ -179,9 +180,16 @@ def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Cal
         states = load_member_states(session, ds.id)
     summary: dict[str, Any] = {"dataset": dataset, "pipeline": config.name, "members": len(states), "steps": []}
     registry = load_registry()
+    unavailable = steps_without_weights(config, registry)
+    summary["skipped"] = [{"step": step_id, "reason": reason} for step_id, reason in unavailable.items()]
     for step in config.steps:
         t0 = time.perf_counter()
-        p_hash = params_hash(step.params)
+        if step.id in unavailable:  # its weights are missing and it has no fallback: the rest still runs
+            summary["steps"].append({"step": step.id, "done": 0, "cached": 0, "not_applicable": len(states),
+                                     "failed": [], "excluded": 0, "backend": None, "seconds": 0.0,
+                                     "skipped": unavailable[step.id]})
+            continue
+        p_hash = cache_params_hash(step.step, step.params)
         fingerprint = model_fingerprint(step.step, step.params, registry)
         with store.session() as session:
             cached, todo, skipped = plan_step(session, step, p_hash, fingerprint, states)
@@ -214,6 +222,11 @@ def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Cal
                 on_progress(step.id, finished, len(todo))
         if on_progress and not todo:
             on_progress(step.id, 0, 0)
+        if (scorer := dataset_pass(step.step)) is not None:  # e.g. identity against the dataset's medoid face
+            ran = [s for s in states if step.id in s.results and not s.failed]
+            for state, scores in zip(ran, scorer(step.params, [s.meta for s in ran])):
+                state.scores.update(scores)
+                state.pass_scores[step.id] = scores
         counts["seconds"] = round(time.perf_counter() - t0, 3)
         summary["steps"].append(counts)
     summary["applied"] = _apply(store, config, states, summary)
@@ -275,6 +288,8 @@ def prepare(dataset: str, pipeline: str | None = None, overrides: dict | None = 
             raise ValueError(f"{pipeline or 'configs/pipeline/default.yaml'}: step {step.id!r}: {error}") from None
     with open_store().session() as session:
         get_dataset(session, dataset)
+    for step_id, reason in steps_without_weights(config, load_registry()).items():  # said before the run starts
+        print(f"skipping step {step_id!r}: {reason}", file=sys.stderr, flush=True)
     _PROGRESS[0] = on_progress
     try:
         return prepare_flow.with_options(task_runner=_task_runner(config))(dataset, pipeline, overrides, commit_message)

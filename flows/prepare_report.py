@@ -54,8 +54,11 @@ def summary_markdown(dataset: str, config: PipelineConfig, summary: dict, sheet_
              "| step | backend | done | cached | not applicable | failed | excluded | seconds |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in summary["steps"]:
-        lines.append(f"| {c['step']} | {c['backend'] or '–'} | {c['done']} | {c['cached']} | {c['not_applicable']} "
+        lines.append(f"| {c['step']} | {c['backend'] or ('skipped' if c.get('skipped') else '–')} | {c['done']} | {c['cached']} | {c['not_applicable']} "
                      f"| {len(c['failed'])} | {c['excluded']} | {c['seconds']:.2f} |")
+    if summary.get("skipped"):
+        lines += ["", "## Skipped steps (weights missing, no fallback)", "", "| step | reason |", "| --- | --- |"]
+        lines += [f"| {s['step']} | {s['reason'].replace('|', '/')} |" for s in summary["skipped"]]
     failures = [(c["step"], f) for c in summary["steps"] for f in c["failed"]]
     if failures:
         lines += ["", "## Failures", "", "| step | image | reason |", "| --- | --- | --- |"]

@@ -288,7 +288,7 @@ def move_face(face: Face, matrix: np.ndarray) -> Face:
 def _compose(outer: np.ndarray, inner) -> list[list[float]]:
     """2×3 affine `outer` after `inner` (a nested list), as a nested list."""
     full = np.vstack([np.asarray(inner, dtype=np.float64), [0, 0, 1]])
-    return [[round(float(v), 6) for v in row] for row in (outer @ full)]
+    return [[round(float(v), 6) for v in row] for row in (outer @ full)[:2]]
 
 
 def faces_moved(meta: dict[str, Any], scale: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> dict[str, Any]:

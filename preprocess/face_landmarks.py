@@ -22,6 +22,7 @@ import numpy as np
 
 # FFHQ-style proportions, in units of the distance between the eyes (from the 512 px template)
 _NOSE_DOWN, _MOUTH_DOWN = 0.59, 1.04
+SMALL = 160  # px: faces below this are enlarged before the predictor runs (see DlibModels.shape)
 _LOCK = threading.Lock()
 _MODELS: dict[str, Any] = {}
 
@@ -70,9 +71,25 @@ class DlibModels:
         return self.predictor(points, path)(np.ascontiguousarray(rgb), rect)
 
     def shape(self, rgb: np.ndarray, box: list[float], points: int, path: str | None = None) -> list[list[float]]:
-        """The predictor's points as [[x, y], ...] (5 or 68 of them)."""
-        found = self.detection(rgb, box, points, path)
-        return [[float(p.x), float(p.y)] for p in found.parts()]
+        """The predictor's points as [[x, y], ...] (5 or 68 of them).
+
+        dlib returns whole pixels: on a small face (messi5.jpg's eyes are 12 px apart) that is ±4% of
+        the eye distance, so a face under SMALL px is enlarged (cubic) around its box first.
+        """
+        side = max(box[2] - box[0], box[3] - box[1], 1.0)
+        if side >= SMALL:
+            found = self.detection(rgb, box, points, path)
+            return [[float(p.x), float(p.y)] for p in found.parts()]
+        import cv2
+
+        height, width = rgb.shape[:2]
+        x0, y0 = max(0, int(box[0] - side)), max(0, int(box[1] - side))
+        x1, y1 = min(width, int(box[2] + side) + 1), min(height, int(box[3] + side) + 1)
+        scale = SMALL / side
+        roi = cv2.resize(rgb[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        inner = [(box[0] - x0) * scale, (box[1] - y0) * scale, (box[2] - x0) * scale, (box[3] - y0) * scale]
+        found = self.detection(roi, inner, points, path)
+        return [[x0 + (p.x + 0.5) / scale - 0.5, y0 + (p.y + 0.5) / scale - 0.5] for p in found.parts()]
 
 
 def dlib_models() -> DlibModels:

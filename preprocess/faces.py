@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from preprocess.face_align import alignment_for, eye_angle, warp
 from preprocess.face_detect import FALLBACKS, Face, load_detector, main_face, move_face
+from preprocess.masks import FACE, GENERATED
 from preprocess.steps import Item, LoadedStep, StepOutput, register, validate_params
 
 VERSION = 2  # 1: cascade crops with guessed landmarks; 2: detector chain + FFHQ alignment
@@ -39,7 +40,8 @@ class AlignParams(BaseModel):
     fallback: Literal["auto", "yuface", "dlib-hog", "opencv-cascade", "none"] = "auto"  # when the model is missing
     mode: Literal["face", "focal", "none"] = "face"
     landmarks: Literal[5, 68] = 5  # 68: dlib's predictor (non-commercial training data)
-    landmark_model: str | None = None  # a dlib shape_predictor_68 .dat file (default: the bundled one)
+    landmark_model: str | None = None  # a dlib shape_predictor .dat file (default: the bundled 5 or 68)
+    refine_eyes: bool = True  # 5 points: eye centres from dlib's 5-point predictor (see LandmarkRefiner)
     size: int = Field(512, ge=32, le=4096)  # side of the aligned face crop
     context: float = Field(1.0, ge=0.5, le=4)  # 1: FFHQ's framing; 2: a quad twice as wide
     aspect: float = Field(1.0, gt=0.1, le=10)  # focal crops: width / height
@@ -126,26 +128,51 @@ def align_image(rgb: np.ndarray, faces: list[Face], p: AlignParams) -> tuple[np.
     return np.ascontiguousarray(rgb[y0:y1, x0:x1]), meta, None
 
 
-class LandmarkRefiner:
-    """dlib's 68-point predictor on a dlib-style box around each face (5 points are derived from the 68)."""
+def face_mask(size: tuple[int, int], faces: list[Face]):
+    """An "L" mask, 255 on an ellipse in each face's box (the face region for face_loss_weight)."""
+    from PIL import Image, ImageDraw
 
-    def __init__(self, landmark_model: str | None):
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    for face in faces:
+        draw.ellipse([round(v) for v in face["box"]], fill=255)
+    return mask
+
+
+class LandmarkRefiner:
+    """dlib's predictors on a dlib-style box around each face.
+
+    68 points: the five are derived from them (eye centres, nose tip, mouth corners). 5 points: the
+    eye centres from dlib's 5-point model (eye corners), nose and mouth kept from the detector —
+    yuface's and the cascade's eye points are a few pixels off (biden.jpg: 9° of false tilt), and
+    level eyes need eye centres good to a pixel. RetinaFace's own points are kept as they are.
+    """
+
+    def __init__(self, points: int, landmark_model: str | None):
         import dlib
 
         from preprocess.face_landmarks import dlib_models
 
+        self.points = points
         self.models = dlib_models()
-        self.models.predictor(68, landmark_model)  # load now: a bad file fails at load, naming it
+        self.models.predictor(points, landmark_model)  # load now: a bad file fails at load, naming it
         self.path = landmark_model
         self.hog = dlib.get_frontal_face_detector()
 
     def refine(self, rgb: np.ndarray, face: Face) -> Face:
-        from preprocess.face_landmarks import dlib_box, five_from_68
+        from preprocess.face_landmarks import dlib_box, five_from_68, five_from_dlib5
 
+        if self.points == 5 and face.get("backend") in ("retinaface", "dlib-hog"):
+            return face
         box, how = dlib_box(rgb, face, self.hog)
-        points = self.models.shape(rgb, box, 68, self.path)
-        return {**face, "landmarks": five_from_68(points), "landmarks68": [[round(x, 1), round(y, 1)] for x, y in points],
-                "estimated_landmarks": False, "landmarks_from": f"dlib-68 ({how} box)"}
+        points = self.models.shape(rgb, box, self.points, self.path)
+        if self.points == 68:
+            return {**face, "landmarks": five_from_68(points), "estimated_landmarks": False,
+                    "landmarks68": [[round(x, 1), round(y, 1)] for x, y in points],
+                    "landmarks_from": f"dlib-68 ({how} box)"}
+        eyes = five_from_dlib5(points)[:2]
+        rest = face["landmarks"][2:] if face.get("landmarks") else five_from_dlib5(points)[2:]
+        return {**face, "landmarks": eyes + rest, "landmarks_from": f"eyes: dlib-5 ({how} box)"}
 
 
 def detect_faces(detector, rgb: np.ndarray, p: AlignParams, refiner: LandmarkRefiner | None) -> tuple[list[Face], list[Face]]:
@@ -165,7 +192,13 @@ def load_align(params: dict, registry) -> LoadedStep:
     p = validate_params(AlignParams, params, "align")
     detector, model_id, model_hash, fallback_reason = load_detector(p.model, registry, p.fallback, p.conf_threshold,
                                                                     p.max_faces)
-    refiner = LandmarkRefiner(p.landmark_model) if p.landmarks == 68 else None
+    refiner = None
+    if p.landmarks == 68 or p.refine_eyes:
+        try:
+            refiner = LandmarkRefiner(p.landmarks, p.landmark_model)
+        except ImportError:  # dlib-bin not installed: the detector's own points
+            if p.landmarks == 68:
+                raise
 
     def run(items: list[Item]) -> list[StepOutput]:
         from PIL import Image
@@ -182,11 +215,12 @@ def load_align(params: dict, registry) -> LoadedStep:
                 meta["main_face_angle"] = round(eye_angle(meta["main_face"]["landmarks"]), 2)
             if fallback_reason:
                 meta["fallback_reason"] = fallback_reason
-            output = StepOutput(image=None if image is None else Image.fromarray(image), meta=meta,
-                                scores={"faces": float(len(faces))})
-            if outside is not None and hasattr(output, "masks"):
-                output.masks["generated"] = Image.fromarray(outside, "L")  # mirrored in beyond the photo's border
-            outputs.append(output)
+            out_image = item.image if image is None else Image.fromarray(image)
+            masks = {FACE: face_mask(out_image.size, meta["faces"])} if meta["faces"] else {}
+            if outside is not None:
+                masks[GENERATED] = Image.fromarray(outside, "L")  # mirrored in from beyond the photo's border
+            outputs.append(StepOutput(image=None if image is None else out_image, meta=meta, masks=masks,
+                                      scores={"faces": float(len(faces))}))
         return outputs
 
     return LoadedStep("align", detector.backend, model_id, model_hash, run, p.model_dump())

@@ -53,6 +53,25 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+def check_jpeg_scan(data: bytes) -> None:
+    """Reject a JPEG whose header is fine but whose scan data is garbage or cut short.
+
+    Pillow hides libjpeg's warnings ("Corrupt JPEG data: N extraneous bytes before marker",
+    "premature end of data segment") and returns a mostly grey image; libjpeg-turbo through
+    simplejpeg in strict mode reports them. Decoding at 1/8 scale still reads every entropy-coded
+    byte, so the check costs a small share of a full decode. Files simplejpeg cannot read at all
+    (12-bit JPEGs, ...) but Pillow did are left to Pillow.
+    """
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as error:
+        message = str(error)
+        if "Corrupt JPEG data" in message or "Premature end" in message or "premature end" in message:
+            raise RejectedImage(f"corrupt JPEG scan data: {message}") from None
+
+
 def perceptual_hash(image: Image.Image) -> str:
     """64-bit DCT hash (imagehash.phash) of the image over a white background."""
     if image.mode == "RGBA":
@@ -100,6 +119,8 @@ def open_image(
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise RejectedImage(f"corrupt or truncated image: {error}") from None
     source_format = image.format or "PNG"
+    if source_format in ("JPEG", "MPO"):
+        check_jpeg_scan(data)
     source_mode = image.mode
     orientation = int(image.getexif().get(0x0112, 1) or 1)
     upright = ImageOps.exif_transpose(image) if orientation != 1 else image

@@ -7,6 +7,7 @@ resolution, brisque) and a range the score must stay in. In YAML either form wor
       - {score: aesthetic, min: 4.5}      # excluded when aesthetic < 4.5
       - "sharpness < 60"                  # the same as {score: sharpness, min: 60}
       - "clipping > 0.2"                  # the same as {score: clipping, max: 0.2}
+      - {score: faces, min: 1, reason: "no face found"}   # the reason a curator reads first
 
 An image without the named score (the step did not run on it) is not excluded by that rule.
 Excluding only sets a member's status and reason; nothing is deleted.
@@ -31,6 +32,7 @@ class Rule(BaseModel):
     score: str
     min: float | None = None
     max: float | None = None
+    reason: str | None = None  # said before the numbers: "no face found (faces 0 < 1)"
 
     @model_validator(mode="before")
     @classmethod
@@ -58,10 +60,12 @@ class Rule(BaseModel):
         if value is None:
             return None
         if self.min is not None and value < self.min:
-            return f"{self.score} {value:.4g} < {self.min:g}"
-        if self.max is not None and value > self.max:
-            return f"{self.score} {value:.4g} > {self.max:g}"
-        return None
+            numbers = f"{self.score} {value:.4g} < {self.min:g}"
+        elif self.max is not None and value > self.max:
+            numbers = f"{self.score} {value:.4g} > {self.max:g}"
+        else:
+            return None
+        return f"{self.reason} ({numbers})" if self.reason else numbers
 
 
 def parse_rules(raw: Iterable[Any] | None, where: str = "exclude_when") -> list[Rule]:

@@ -193,8 +193,7 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
             continue
         if value in registry.entries:
             path = registry.locate(value)
-        elif ("/" in value or value.endswith((".pth", ".safetensors", ".onnx", ".ckpt", ".bin"))) \
-                and Path(value).expanduser().exists():
+        elif ("/" in value or value.endswith(_FILE_SUFFIXES)) and Path(value).expanduser().exists():
             path = Path(value).expanduser()
         else:
             continue
@@ -202,6 +201,20 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
         if path is None and name in _FALLBACK_WEIGHTS and (fallback := _FALLBACK_WEIGHTS[name](params)) is not None:
             parts.append(f"{key}.fallback={file_hash(Path(fallback), registry.settings)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else ""
+
+
+_FILE_SUFFIXES = (".pth", ".safetensors", ".onnx", ".ckpt", ".bin", ".dat", ".jpg", ".jpeg", ".png", ".webp")
+
+
+def _weight_values(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, string) pairs of parameters that may name files: strings, and the strings of lists (reference photos)."""
+    pairs = []
+    for key, value in values.items():
+        if isinstance(value, str) and value:
+            pairs.append((key, value))
+        elif isinstance(value, (list, tuple)):
+            pairs.extend((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str) and v)
+    return pairs
 
 
 def params_hash(params: dict[str, Any]) -> str:

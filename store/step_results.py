@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from store.models import Artifact, Image, Member, StepResult, Tag
+from store.models import Artifact, Image, Member, Score, StepResult, Tag
 from store.tags import apply_caption, apply_model_tags, apply_scores
 
 RULE_PREFIX = "rule: "  # exclusions made by pipeline rules start with this; a curator's do not
@@ -34,6 +34,7 @@ class MemberState:
     masks: dict[str, dict] = field(default_factory=dict)  # name → {sha256, ext} of the current image's masks
     scores: dict[str, float] = field(default_factory=dict)
     results: dict[str, int] = field(default_factory=dict)  # step id → step_results.id
+    pass_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # step id → dataset-level scores
     failed: str | None = None
 
     def facts(self) -> dict[str, float]:
@@ -102,7 +103,7 @@ def record_result(session: Session, state: MemberState, step: str, params: dict,
                      params_hash=params_hash, backend=backend, model_id=model_id, model_hash=model_hash)
     row.status = result["status"]
     row.output_artifact_id = artifact_id
-    row.output = {k: result.get(k) for k in ("meta", "tags", "caption", "scores", "artifact", "intermediates")} \
+    row.output = {k: result.get(k) for k in ("meta", "tags", "caption", "scores", "artifact", "intermediates", "step_version")} \
         | {"model_id": model_id}
     if result.get("masks") is not None:
         row.output["masks"] = result["masks"]
@@ -164,6 +165,14 @@ def apply_to_member(session: Session, state: MemberState, exclusion: str | None,
             apply_scores(session, member.id, output["scores"], source, row.input_sha256)
             counts["scores"] += 1
         applied[step_id] = result_id
+    for step_id, scores in state.pass_scores.items():  # recomputed every run: write only what changed
+        known = {sc.name: sc.value for sc in session.scalars(select(Score).where(Score.member_id == member.id))}
+        changed = {k: v for k, v in scores.items() if known.get(k) is None or abs(known[k] - v) > 1e-9}
+        if changed and step_id in state.results:
+            row = session.get(StepResult, state.results[step_id])
+            source = f"model:{(row.output or {}).get('model_id') or row.backend}"
+            apply_scores(session, member.id, changed, source, row.input_sha256)
+            counts["scores"] += 1
     if member.current_artifact_id != state.artifact_id and not state.failed:
         member.current_artifact_id = state.artifact_id
     if applied != (member.prepared or {}):

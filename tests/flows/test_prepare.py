@@ -38,7 +38,7 @@ def test_default_pipeline_end_to_end_then_a_rerun_does_nothing(photos_dataset):
     store = photos_dataset
     first = prepare("photos")
     assert [c["step"] for c in first["steps"]] == ["align", "upscale", "quality"]
-    assert _step(first, "align")["done"] == 10 and _step(first, "align")["backend"] == "opencv-cascade"
+    assert _step(first, "align")["done"] == 10 and _step(first, "align")["backend"] == "yuface"
     # messi5 (342 px), HappyFish (194) and ellipses (400) are below 512 on the short side
     upscale = _step(first, "upscale")
     assert upscale["done"] == 3 and upscale["not_applicable"] == 7 and upscale["backend"] == "lanczos"
@@ -51,6 +51,9 @@ def test_default_pipeline_end_to_end_then_a_rerun_does_nothing(photos_dataset):
         faces = dict(session.execute(select(Member.source_path, Score.value).join(Score, Score.member_id == Member.id)
                                      .where(Score.name == "faces")).all())
         assert faces["messi5.jpg"] == 1.0 and faces["leuvenB.jpg"] == 0.0
+        # credited to the step that found them, not to upscale's Lanczos that carried the boxes on
+        sources = set(session.scalars(select(Score.source).where(Score.name == "faces")))
+        assert sources == {"model:yuface"}
         upscaled = dict(session.execute(select(Member.source_path, Artifact).join(
             Artifact, Member.current_artifact_id == Artifact.id)).all())
         assert set(upscaled) == {"messi5.jpg", "HappyFish.jpg", "ellipses.jpg"}

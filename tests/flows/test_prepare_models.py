@@ -56,7 +56,7 @@ def test_portrait_chain_with_tiny_models(atelier_env, prefect_harness, photos, t
     assert steps["upscale"]["done"] == 2  # messi5 (342 px) and HappyFish (194 px); ellipses is 400
     assert steps["outpaint"]["done"] == 3  # 548×342, 259×194 and 400×533 are all beyond 1.25:1
     assert {name: c["backend"] for name, c in steps.items()} == {
-        "align": "opencv-cascade", "restore": "gfpgan", "upscale": "realesrgan", "outpaint": "sd-inpaint",
+        "align": "yuface", "restore": "gfpgan", "upscale": "realesrgan", "outpaint": "sd-inpaint",
         "tag": "wd14-onnx", "caption": "blip", "aesthetic": "laion-aesthetic-v2"}
     for name in ("tag", "caption", "aesthetic"):
         assert steps[name]["done"] == 3

@@ -80,16 +80,21 @@ def test_resolution_must_be_a_multiple_of_8(atelier_env):
 
 
 def test_face_boxes_follow_the_image_through_upscale_and_outpaint(atelier_env, photos):
-    from preprocess.face_detect import CascadeDetector
+    from preprocess.face_detect import YuFaceDetector
 
     registry = load_registry()
     item = Item(image=load_image_file(photos / "messi5.jpg").image)  # 548×342
+    found_first = None
     for name, params in [("align", {"mode": "none"}), ("upscale", {"target": 684}), ("outpaint", {})]:
         out = load_step(name, params, registry).run([item])[0]
         item.image = out.image or item.image
         item.meta.update(out.meta)
+        found_first = found_first or out.meta["main_face"]["box"]
     assert item.image.size == (1096, 1096)
     tracked = item.meta["main_face"]["box"]
-    assert tracked == pytest.approx([452, 188 + 206, 526, 262 + 206], abs=1)  # ×2, then 206 px down
-    found = CascadeDetector().detect(np.asarray(item.image.convert("RGB")))
+    x0, y0, x1, y1 = found_first
+    assert tracked == pytest.approx([2 * x0, 2 * y0 + 206, 2 * x1, 2 * y1 + 206], abs=1)  # ×2, then 206 px down
+    to_source = np.array(item.meta["transform"]["to_source"])  # and back into the original photo's pixels
+    assert np.allclose(np.array([[tracked[0], tracked[1], 1]]) @ to_source.T, [[x0, y0]], atol=0.5)
+    found = YuFaceDetector().detect(np.asarray(item.image.convert("RGB")))
     assert any(abs(f["box"][0] - tracked[0]) < 15 and abs(f["box"][1] - tracked[1]) < 15 for f in found)

@@ -195,3 +195,34 @@ def test_zip_sources_are_read_in_memory_and_zip_slip_is_refused(store, tmp_path,
     assert not (tmp_path.parent / "evil.jpg").exists() and not Path("/etc/absolute.jpg").exists()
     with store.session() as session:
         assert session.scalars(select(Tag.text).order_by(Tag.position)).all() == ["football", "grass"]
+
+
+def _with_scan(jpeg: bytes, scan: bytes) -> bytes:
+    """The JPEG's headers (up to and including the start-of-scan segment) + `scan` + end-of-image."""
+    sos = jpeg.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+    return jpeg[:start] + scan + b"\xff\xd9"
+
+
+def test_a_jpeg_with_a_valid_header_and_garbage_scan_data_is_rejected(store, tmp_path, photos):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = (photos / "messi5.jpg").read_bytes()
+    sos = good.index(b"\xff\xda")
+    scan = good[sos + 2 + int.from_bytes(good[sos + 2:sos + 4], "big"):good.rindex(b"\xff\xd9")]
+    noise = np.random.default_rng(0).integers(0, 255, len(scan), dtype=np.uint8)  # 0xFF never: no markers
+    (src / "garbage_scan.jpg").write_bytes(_with_scan(good, noise.tobytes()))
+    (src / "short_scan.jpg").write_bytes(_with_scan(good, scan[: len(scan) // 5]))
+    shutil.copy(photos / "messi5.jpg", src / "messi5.jpg")
+    leuven = Image.open(photos / "leuvenB.jpg")
+    (src / "progressive.jpg").write_bytes(_jpeg_bytes(leuven, progressive=True, quality=80))
+    leuven.convert("CMYK").save(src / "cmyk.jpg")
+    # what Pillow makes of them: no error, a picture — which is why ingest asks libjpeg-turbo
+    assert Image.open(src / "short_scan.jpg").convert("RGB").load() is not None
+    report = ingest(store, [src], "scans")
+    reasons = _reasons(report)
+    assert set(reasons) == {"garbage_scan.jpg", "short_scan.jpg"}
+    assert reasons["garbage_scan.jpg"].startswith("corrupt JPEG scan data: Corrupt JPEG data")
+    assert "premature end of data segment" in reasons["short_scan.jpg"]
+    with store.session() as session:
+        assert set(session.scalars(select(Member.source_path))) == {"messi5.jpg", "progressive.jpg", "cmyk.jpg"}
