@@ -9,10 +9,10 @@ and scored by cosine similarity (score `identity`, 1 = identical) against the su
   after every image is embedded (`dataset_pass`; recomputed each run, it depends on the whole set).
 An image without a usable face gets no `identity` score (rules use `faces`: "faces < 1").
 
-Thresholds measured with dlib's ResNet on the photos in tests/fixtures (yuface faces; see
-bench/faces.py): the same person in different photos 0.950–0.972 (obama, obama2, obama3.jpg of the
-face_recognition sdist), crops of one photo 0.957–0.983; different people 0.802–0.844 (obama,
-biden, astronaut, messi5). `SAME_PERSON` = 0.90 sits in that gap; ArcFace scores are on another
+Thresholds measured with dlib's ResNet on yuface's faces (tests/fixtures; obama3.jpg and
+obama_partial_face2.jpg of the face_recognition 1.3.0 sdist too): the same person in different
+photos 0.950–0.972 (obama, obama2, obama3), crops of one photo 0.957–0.983; different people
+0.802–0.844 (obama, biden, astronaut, messi5). `SAME_PERSON` = 0.90 sits in that gap; ArcFace scores are on another
 scale (same person typically > 0.4): measure yours before you set a rule.
 """
 

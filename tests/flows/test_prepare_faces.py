@@ -23,8 +23,9 @@ SUBJECT = {"obama.jpg", "obama2.jpg", "obama_partial_face.jpg"}
 @pytest.fixture
 def portraits(atelier_env, photos, prefect_harness, tmp_path):
     src = tmp_path / "src"
-    shutil.copytree(photos.parent / "faces", src)
-    shutil.copy(photos / "HappyFish.jpg", src)
+    shutil.copytree(photos.parent / "faces", src)  # obama2.jpg, obama_partial_face.jpg
+    for name in ("obama.jpg", "biden.jpg", "astronaut.png", "HappyFish.jpg"):
+        shutil.copy(photos / name, src)
     store = open_store()
     ingest(store, [src], "portraits")
     return store

@@ -16,7 +16,7 @@ from store.registry import ModelMissing, file_hash, load_registry
 
 # messi5.jpg (548×342): the face, read off the photo, is about x 222–264, y 88–132
 TRUE_FACE = [222, 88, 264, 132]
-PORTRAITS = ["faces/obama.jpg", "faces/biden.jpg", "faces/astronaut.png", "photos/messi5.jpg"]
+PORTRAITS = ["photos/obama.jpg", "photos/biden.jpg", "photos/astronaut.png", "photos/messi5.jpg"]
 NO_FACE = ["photos/HappyFish.jpg", "photos/leuvenB.jpg", "photos/MilkyWay_1080x1920.png", "photos/ellipses.jpg",
            "photos/FlyingKonqui_2560x1600.png", "photos/Elarun_2560x1600.png"]
 
@@ -114,7 +114,7 @@ def test_aligned_crop_has_level_eyes_at_the_ffhq_spacing(align_step, dlib_eyes, 
 
 
 def test_the_recorded_transform_maps_faces_both_ways(align_step, fixtures):
-    out = run(align_step, load_image_file(fixtures / "faces/obama.jpg").image)
+    out = run(align_step, load_image_file(fixtures / "photos/obama.jpg").image)
     meta = out.meta
     matrix, inverse = np.array(meta["crop"]["matrix"]), np.array(meta["crop"]["inverse"])
     source = np.array(meta["source_main_face"]["landmarks"])
@@ -127,7 +127,7 @@ def test_the_recorded_transform_maps_faces_both_ways(align_step, fixtures):
 
 def test_68_point_landmarks_on_a_dlib_box(env, fixtures, dlib_eyes):
     step = load_step("align", {"mode": "face", "landmarks": 68}, load_registry())
-    out = run(step, load_image_file(fixtures / "faces/astronaut.png").image)
+    out = run(step, load_image_file(fixtures / "photos/astronaut.png").image)
     main = out.meta["main_face"]
     assert len(main["landmarks68"]) == 68 and main["landmarks_from"] == "dlib-68 (hog box)"
     x0, y0, x1, y1 = main["box"]
@@ -161,8 +161,8 @@ def test_a_face_cut_by_the_border_is_aligned_and_the_mirrored_part_masked(align_
 
 
 def test_several_faces_are_all_recorded_and_the_main_one_is_aligned(align_step, fixtures):
-    obama = load_image_file(fixtures / "faces/obama.jpg").image
-    astronaut = load_image_file(fixtures / "faces/astronaut.png").image
+    obama = load_image_file(fixtures / "photos/obama.jpg").image
+    astronaut = load_image_file(fixtures / "photos/astronaut.png").image
     group = Image.new("RGB", (obama.width + 512, obama.height), "white")
     group.paste(obama, (0, 0))
     group.paste(astronaut, (obama.width, 300))
@@ -174,7 +174,7 @@ def test_several_faces_are_all_recorded_and_the_main_one_is_aligned(align_step, 
 
 @pytest.mark.parametrize("mode", ["I;16", "L"])
 def test_a_16_bit_or_grayscale_portrait_is_found(align_step, fixtures, tmp_path, mode):
-    gray = np.asarray(load_image_file(fixtures / "faces/astronaut.png").image.convert("L"), dtype=np.uint16)
+    gray = np.asarray(load_image_file(fixtures / "photos/astronaut.png").image.convert("L"), dtype=np.uint16)
     image = Image.fromarray(gray * 257) if mode == "I;16" else Image.fromarray(gray.astype(np.uint8))
     image.save(tmp_path / "portrait.png")
     loaded = load_image_file(tmp_path / "portrait.png")

@@ -27,13 +27,14 @@ def faces_dir(photos):
 
 
 @pytest.fixture(scope="module")
-def images(faces_dir):
-    return {name: load_image_file(faces_dir / name).image for name in PEOPLE}
+def images(photos, faces_dir):
+    return {name: load_image_file((faces_dir if (faces_dir / name).exists() else photos) / name).image
+            for name in PEOPLE}
 
 
 @pytest.fixture(scope="module")
-def against_obama(env, faces_dir, images):
-    step = load_step("identity", {"reference": str(faces_dir / "obama.jpg")}, load_registry())
+def against_obama(env, photos, images):
+    step = load_step("identity", {"reference": str(photos / "obama.jpg")}, load_registry())
     return step, {name: out for name, out in zip(PEOPLE, step.run([Item(image=images[n]) for n in PEOPLE]))}
 
 
@@ -58,26 +59,26 @@ def test_without_references_the_dataset_medoid_is_the_subject(against_obama):
     assert by_name["no face"] == {}
 
 
-def test_an_image_without_a_face_gets_no_score(env, photos, faces_dir):
-    step = load_step("identity", {"reference": [str(faces_dir / "obama.jpg")]}, load_registry())
+def test_an_image_without_a_face_gets_no_score(env, photos):
+    step = load_step("identity", {"reference": [str(photos / "obama.jpg")]}, load_registry())
     out = step.run([Item(image=load_image_file(photos / "HappyFish.jpg").image)])[0]
     assert out.scores == {} and out.meta["identity"] == {"face": None, "embedding": None}
 
 
-def test_faces_from_align_are_used_on_the_aligned_crop(env, faces_dir, images):
+def test_faces_from_align_are_used_on_the_aligned_crop(env, photos, images):
     registry = load_registry()
     aligned = load_step("align", {"mode": "face"}, registry).run([Item(image=images["obama2.jpg"])])[0]
-    step = load_step("identity", {"reference": str(faces_dir / "obama.jpg")}, registry)
+    step = load_step("identity", {"reference": str(photos / "obama.jpg")}, registry)
     out = step.run([Item(image=aligned.image, meta=aligned.meta)])[0]
     assert out.meta["identity"]["face"] == aligned.meta["main_face"]["box"]
     assert out.scores["identity"] >= SAME_PERSON
 
 
-def test_arcface_onnx_is_used_when_present(env, faces_dir, images, tmp_path):
+def test_arcface_onnx_is_used_when_present(env, photos, images, tmp_path):
     from tests.tiny_models.face_embedder import WIDTH, build_tiny_face_embedder
 
     model = build_tiny_face_embedder(tmp_path / "w600k_r50.onnx")
-    step = load_step("identity", {"model": str(model), "reference": str(faces_dir / "obama.jpg")}, load_registry())
+    step = load_step("identity", {"model": str(model), "reference": str(photos / "obama.jpg")}, load_registry())
     assert step.backend == "arcface-onnx" and step.model_id == str(model)
     out = step.run([Item(image=images["biden.jpg"])])[0]
     vector = np.array(out.meta["identity"]["embedding"])

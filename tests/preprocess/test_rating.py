@@ -12,8 +12,7 @@ from store.registry import load_registry
 
 def test_portraits_are_rated_safe_and_nudenet_sees_the_face(atelier_env, photos):
     step = load_step("rating", {}, load_registry())
-    faces = photos.parent / "faces"
-    outs = step.run([Item(image=load_image_file(faces / n).image) for n in ("obama.jpg", "astronaut.png")]
+    outs = step.run([Item(image=load_image_file(photos / n).image) for n in ("obama.jpg", "astronaut.png")]
                     + [Item(image=load_image_file(photos / "HappyFish.jpg").image)])
     assert step.backend == "nudenet" and step.model_id == "nudenet-320n" and len(step.model_hash) == 64
     for out in outs:
@@ -39,9 +38,9 @@ def test_the_rating_follows_the_strongest_exposed_class(found, rating):
 
 
 def test_a_broken_model_file_fails_naming_it(atelier_env, tmp_path):
-    import nudenet
-
     from pathlib import Path
+
+    import nudenet
 
     bad = tmp_path / "320n.onnx"
     bad.write_bytes((Path(nudenet.__file__).parent / "320n.onnx").read_bytes()[:10_000])
