@@ -37,10 +37,16 @@ def bundled(name: str) -> Path:
 
 
 def _load(kind: str, path: Path):
-    """A dlib model object from `path`, loaded once per process; errors name the file."""
+    """A dlib model object from `path`; errors name the file.
+
+    Shape predictors are read-only when they run, so a process shares one; dlib's DNN (the face
+    embedder) keeps working buffers inside the network, so each thread gets its own.
+    """
     import dlib
 
     key = f"{kind}:{path}"
+    if kind != "shape predictor":
+        key += f":{threading.get_ident()}"
     with _LOCK:
         if key in _MODELS:
             return _MODELS[key]

@@ -18,6 +18,8 @@ from store.models import Member, Score, StepResult, Tag
 from store.queries import dataset_id, grid_filter_from_params, matching_member_ids
 
 SUBJECT = {"obama.jpg", "obama2.jpg", "obama_partial_face.jpg"}
+# Real-ESRGAN through ncnn takes minutes per 512 px image on this CPU: this test is about faces
+FAST_UPSCALE = {"upscale": {"fallback": "lanczos"}}
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def _names(session, ids):
 @pytest.mark.slow
 def test_portrait_pipeline_keeps_the_subject_and_says_what_it_skipped(portraits, capfd):
     store = portraits
-    summary = prepare("portraits", str(PIPELINES / "portrait-dreambooth.yaml"))
+    summary = prepare("portraits", str(PIPELINES / "portrait-dreambooth.yaml"), overrides=FAST_UPSCALE)
     said = capfd.readouterr().err
     skipped = {s["step"]: s["reason"] for s in summary["skipped"]}
     assert set(skipped) == {"restore", "tag", "caption", "aesthetic"}  # no weights, no fallback
@@ -69,7 +71,7 @@ def test_portrait_pipeline_keeps_the_subject_and_says_what_it_skipped(portraits,
 
     # rules exclude on the rating: count faces as "questionable" and the subject's photos leave
     again = prepare("portraits", str(PIPELINES / "portrait-dreambooth.yaml"),
-                    overrides={"rating": {"questionable_classes": ["FACE_MALE", "FACE_FEMALE"]}})
+                    overrides={**FAST_UPSCALE, "rating": {"questionable_classes": ["FACE_MALE", "FACE_FEMALE"]}})
     steps = {c["step"]: c for c in again["steps"]}
     assert steps["align"]["done"] == 0 and steps["identity"]["done"] == 0  # cached
     assert steps["rating"]["done"] == 6

@@ -85,7 +85,7 @@ def test_face_boxes_follow_the_image_through_upscale_and_outpaint(atelier_env, p
     registry = load_registry()
     item = Item(image=load_image_file(photos / "messi5.jpg").image)  # 548×342
     found_first = None
-    for name, params in [("align", {"mode": "none"}), ("upscale", {"target": 684}), ("outpaint", {})]:
+    for name, params in [("align", {"mode": "none"}), ("upscale", {"target": 684, "fallback": "lanczos"}), ("outpaint", {})]:
         out = load_step(name, params, registry).run([item])[0]
         item.image = out.image or item.image
         item.meta.update(out.meta)
