@@ -32,6 +32,9 @@ def _row(session, run: TrainingRun) -> dict[str, Any]:
     trained = (evaluation.metrics.get("trained") if evaluation else None) or {}
     slots = session.scalars(select(Champion.slot).where(Champion.run_id == run.id)).all()
     return {"run_id": run.id, "dataset": dataset.name, "version": version.number, "status": run.status,
+            "state": run_state(run.status),
+            "started_at": run.started_at.isoformat() if run.started_at else None,
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
             "hyperparameters": {k: run.config.get(k) for k in KEY_HYPERPARAMETERS if k in run.config},
             "base_model": run.base_model, "final_loss": (run.metrics or {}).get("final_loss"),
             "evaluation_id": evaluation.id if evaluation else None,
@@ -39,12 +42,19 @@ def _row(session, run: TrainingRun) -> dict[str, Any]:
             "error": run.error, "created_at": run.created_at.isoformat()}
 
 
-def list_runs(store: Store, dataset: str) -> list[dict[str, Any]]:
-    """Every training run of `dataset`, newest first, with its version, hyperparameters and metrics."""
+def run_state(status: str) -> str:
+    """queued | running | finished: where a run is in the queue, whatever its outcome."""
+    return {"queued": "queued", "running": "running", "cancelling": "running"}.get(status, "finished")
+
+
+def list_runs(store: Store, dataset: str | None = None) -> list[dict[str, Any]]:
+    """Every training run of `dataset` (None: of every dataset), newest first, with its version,
+    queue state, hyperparameters and metrics."""
     with store.session() as session:
-        ds = get_dataset(session, dataset)
-        runs = session.scalars(select(TrainingRun).where(TrainingRun.dataset_id == ds.id)
-                               .order_by(TrainingRun.id.desc())).all()
+        query = select(TrainingRun).order_by(TrainingRun.id.desc())
+        if dataset is not None:
+            query = query.where(TrainingRun.dataset_id == get_dataset(session, dataset).id)
+        runs = session.scalars(query).all()
         return [_row(session, run) for run in runs]
 
 

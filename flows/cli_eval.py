@@ -62,16 +62,33 @@ def eval_run(
 
 
 def runs(
-    name: str = typer.Argument(..., help="dataset NAME to list its runs, or `diff` to compare two runs"),
+    name: str | None = typer.Argument(None, help="dataset NAME to list its runs (none: every run), "
+                                                 "`diff A B` to compare two runs, `cancel RUN` to cancel one"),
     a: int | None = typer.Argument(None, help="with diff: the first run id"),
     b: int | None = typer.Argument(None, help="with diff: the second run id"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
-    """`atelier runs NAME`: a dataset's training runs side by side; `atelier runs diff A B`: what differs."""
+    """`atelier runs [NAME]`: training runs side by side with their queue state (queued / running /
+    finished); `atelier runs diff A B`: what differs; `atelier runs cancel RUN`: cancel a queued or
+    running run (its checkpoints stay for `atelier train --resume RUN`)."""
     from evaluation.run_table import KEY_METRICS, diff_runs, list_runs
     from store.db import open_store
 
     store = open_store()
+    if name == "cancel":
+        from flows.train_queue import cancel_run
+
+        if a is None or b is not None:
+            fail("usage: atelier runs cancel RUN")
+        try:
+            result = cancel_run(store, a)
+        except (LookupError, ValueError) as error:
+            fail(str(error))
+        emit(result, as_json)
+        if not as_json:
+            console.print(f"run {a}: {result['was']} → {result['status']}"
+                          + (" (its process stops within seconds)" if result["status"] == "cancelling" else ""))
+        return
     if name == "diff":
         if a is None or b is None:
             fail("usage: atelier runs diff RUN_A RUN_B")
@@ -97,10 +114,10 @@ def runs(
     if not as_json:
         from rich.table import Table
 
-        table = Table("run", "data", "status", "hyperparameters", *KEY_METRICS, "champion")
+        table = Table("run", "data", "state", "status", "hyperparameters", *KEY_METRICS, "champion")
         for row in rows:
             hp = " ".join(f"{k}={v}" for k, v in row["hyperparameters"].items())
-            table.add_row(str(row["run_id"]), f"{row['dataset']}@{row['version']}", row["status"], hp,
+            table.add_row(str(row["run_id"]), f"{row['dataset']}@{row['version']}", row["state"], row["status"], hp,
                           *[_fmt(row["metrics"].get(k)) for k in KEY_METRICS], ", ".join(row["champion_of"]))
         console.print(table)
 

@@ -25,6 +25,7 @@ def train(
     processes: Optional[int] = typer.Option(None, "--processes", min=1,
                                             help="data-parallel processes, one per GPU (sets num_processes)"),
     no_flow: bool = typer.Option(False, "--no-flow", help="run without Prefect (plain function)"),
+    queue: bool = typer.Option(False, "--queue", help="submit to the gpu pool's queue (deployment train/train) and return"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
     """Train LoRA, DreamBooth, textual inversion or a hypernetwork (the preset's method) on a dataset version."""
@@ -47,7 +48,7 @@ def train(
         store = open_store()
         if resume is not None:
             if no_flow or stop_at_step:
-                run_id = execute_run(store, resume, log=log, stop_at_step=stop_at_step)
+                run_id = execute_run(store, resume, log=log, stop_at_step=stop_at_step, resume=True)
             else:
                 with prefect_api():
                     run_id = train_flow(None, None, {}, resume_run=resume)
@@ -57,6 +58,19 @@ def train(
             if processes:
                 overrides["num_processes"] = processes
             checked = load_config(config, overrides)  # a bad preset fails here, before a flow run starts
+            if queue:
+                from flows.train_queue import QueueUnavailable, queue_run
+
+                try:
+                    with prefect_api():
+                        run_id, flow_run_id = queue_run(store, dataset, version, config, overrides)
+                except QueueUnavailable as error:
+                    fail(str(error))
+                emit({"run_id": run_id, "status": "queued", "flow_run_id": flow_run_id}, as_json)
+                if not as_json:
+                    console.print(f"run {run_id}: queued on the gpu pool (flow run {flow_run_id}); "
+                                  "`atelier runs` shows its state", highlight=False)
+                return
             if checked.num_processes > 1:
                 from training.distributed import check_num_processes
 

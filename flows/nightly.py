@@ -37,6 +37,7 @@ class NightlyConfig(BaseModel):
     min_new_images: int = Field(1, ge=1)  # active images not in the last version that make a retrain worth it
     slot: str = "subject-lora"
     slots_file: str | None = None
+    lock_wait_s: float = Field(0, ge=0)  # another night holds the slot: wait this long, then refuse
 
 
 class NightlyFailed(RuntimeError):
@@ -134,6 +135,23 @@ def _publish_report(summary: dict[str, Any]) -> None:
 
 
 def run_nightly(config: NightlyConfig, log=print) -> dict[str, Any]:
+    """The night, holding the slot's lock in the database throughout: a second night on the same slot
+    waits up to `lock_wait_s`, then refuses (stage "lock"), so a slot is never promoted twice from one night."""
+    from prefect.runtime import flow_run
+
+    from store.db import open_store
+    from store.slot_locks import SlotBusy, holder_name, slot_lock
+
+    try:
+        with slot_lock(open_store(), config.slot, holder_name(flow_run.id), wait_s=config.lock_wait_s):
+            return _night(config, log)
+    except SlotBusy as busy:
+        summary = {"dataset": config.dataset, "slot": config.slot, "status": "failed", "stage": "lock",
+                   "reason": str(busy), "min_new_images": config.min_new_images}
+        raise NightlyFailed("lock", str(busy), summary) from None
+
+
+def _night(config: NightlyConfig, log=print) -> dict[str, Any]:
     """The stages in order; raises NightlyFailed(stage, reason) on the first failure (champion untouched)."""
     from evaluation.config import get_slot, load_preset
     from evaluation.promotion import challenge, champion_of
@@ -208,6 +226,9 @@ def nightly_flow(config: str | None = None, overrides: dict | None = None) -> di
     """Prefect flow: the nightly retrain with configs/nightly.yaml (or CONFIG) and `--set` overrides."""
     from prefect import get_run_logger
 
+    from flows.worker_check import check_worker_store
+
+    check_worker_store()
     logger = get_run_logger()
     parsed = load_nightly(config, overrides)
     try:

@@ -208,6 +208,9 @@ def run_pipeline(store: Store, dataset: str, config: PipelineConfig, submit: Cal
         finished = 0
         for batch, output in zip(batches, outputs):
             counts["backend"] = output["backend"]
+            if output.get("worker"):  # pool batches: which worker ran how many
+                workers = summary.setdefault("workers", {})
+                workers[output["worker"]] = workers.get(output["worker"], 0) + 1
             with store.session() as session:  # one batch, one transaction: a kill loses at most this batch
                 for state, result in zip(batch, output["results"]):
                     row = record_result(session, state, step.step, output["params"], p_hash, output["backend"],
@@ -259,9 +262,17 @@ def prepare_flow(dataset: str, pipeline: str | None = None, overrides: dict | No
     """
     from flows.prepare_report import publish_report
 
+    from flows.worker_check import check_worker_store
+
+    check_worker_store()
     config = load_pipeline(pipeline, overrides)
     store = open_store()
-    submit = lambda step, params, blobs_url, items: run_batch_task.submit(step, params, blobs_url, items)
+    if config.task_runner == "pool":  # batches as flow runs on the work pool: spread over its workers
+        from flows.prepare_pool import PoolSubmitter
+
+        submit = PoolSubmitter(store.blobs, config.pool_deployment, config.batch_timeout_s)
+    else:
+        submit = lambda step, params, blobs_url, items: run_batch_task.submit(step, params, blobs_url, items)
     summary = run_pipeline(store, dataset, config, submit=submit)
     summary["report"] = publish_report(store, dataset, config, summary)
     print(f"prepare {dataset}: " + ", ".join(f"{c['step']} done {c['done']} cached {c['cached']} failed {len(c['failed'])}"

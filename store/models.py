@@ -266,14 +266,26 @@ class TrainingRun(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     base_model: Mapped[str] = mapped_column(Text)
     base_model_hash: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|succeeded|failed
+    # queued | running | cancelling | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="queued")
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # name -> {path, sha256}
     output_dir: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the last time it began training
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SlotLock(Base):
+    """A model slot held by one nightly run: a second night on the slot waits or refuses (no double promotion)."""
+
+    __tablename__ = "slot_locks"
+
+    slot: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(Text)  # host:pid and the flow run, for the refusal message
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Evaluation(Base):

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from dashboards.auth import reader
 from dashboards.pages import render
+from evaluation.run_table import run_state
 from store.models import Artifact, Champion, Dataset, DatasetVersion, Evaluation, Sample, TrainingRun
 from store.users import UserInfo
 
@@ -36,7 +37,8 @@ def runs_data(request: Request, limit: int = 100) -> dict:
                                     "grid_sha256": ev.grid_sha256, "created_at": ev.created_at,
                                     "samples": [dict(s._mapping) for s in samples]})
             runs.append({"id": run.id, "dataset": dataset, "version": number, "method": run.method,
-                         "status": run.status, "base_model": run.base_model, "metrics": run.metrics,
+                         "status": run.status, "state": run_state(run.status), "started_at": run.started_at,
+                         "base_model": run.base_model, "metrics": run.metrics,
                          "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error,
                          "flow_run_id": run.flow_run_id, "champion": run.id in champion_runs,
                          "evaluations": evaluations})

@@ -1,0 +1,90 @@
+"""Prepare batches as flow runs on a work pool: workers on many machines that share nothing but the
+database and the blob store (PostgreSQL + S3) each take batches as they come.
+
+The prepare flow (`task_runner: pool`) submits every batch of a step as a run of the
+`prepare-batch` deployment (`run_deployment`, no waiting) and reads each result back. A batch flow
+is pure: blobs in, result JSON out (written to the blob store under `results/`, read and removed
+by the prepare flow, which records it in one transaction as for any task runner). A batch whose flow
+run crashed, or that is not finished after `batch_timeout_s` (its worker was lost), is cancelled and
+given to the pool once more; the step's cache makes a re-run of a killed prepare do only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from prefect import flow
+
+from store.blobs import BlobStore
+
+
+def result_path(blobs: BlobStore, key: str) -> str:
+    return f"{blobs.root}/results/{key}.json"
+
+
+@flow(name="prepare-batch", log_prints=True)
+def prepare_batch_flow(step: str, params: dict, blobs_url: str, items: list[dict], result_key: str) -> str:
+    """One step on one batch, on whichever worker of the pool takes it; the result goes to the blob store."""
+    from flows.prepare import run_batch
+
+    output = run_batch(step, params, blobs_url, items)
+    output["worker"] = os.environ.get("ATELIER_WORKER_NAME") or f"{socket.gethostname()}:{os.environ.get('ATELIER_HOME', '.atelier')}"
+    blobs = BlobStore(blobs_url)
+    blobs.fs.pipe_file(result_path(blobs, result_key), json.dumps(output).encode())
+    return result_key
+
+
+class PoolFuture:
+    def __init__(self, submitter: PoolSubmitter, args: tuple):
+        self.submitter, self.args, self.attempts = submitter, args, 0
+        self._start()
+
+    def _start(self) -> None:
+        from prefect.deployments import run_deployment
+
+        self.key = uuid.uuid4().hex
+        step, params, blobs_url, items = self.args
+        self.flow_run = run_deployment(self.submitter.deployment, timeout=0, as_subflow=True,
+                                       parameters={"step": step, "params": params, "blobs_url": blobs_url,
+                                                   "items": items, "result_key": self.key})
+        self.started = time.monotonic()
+        self.attempts += 1
+
+    def result(self) -> dict[str, Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        blobs = self.submitter.blobs
+        with get_client(sync_client=True) as client:
+            while True:
+                state = client.read_flow_run(self.flow_run.id).state
+                if state is not None and state.is_completed():
+                    path = result_path(blobs, self.key)
+                    output = json.loads(blobs.fs.cat_file(path))
+                    blobs.fs.rm_file(path)
+                    return output
+                lost = time.monotonic() - self.started > self.submitter.timeout_s
+                if (state is not None and state.is_final()) or lost:
+                    reason = "not finished in time (its worker lost?)" if lost else f"{state.name}: {state.message}"
+                    if self.attempts >= 2:
+                        raise RuntimeError(f"batch flow run {self.flow_run.id} {reason}; given twice, giving up")
+                    if lost:
+                        client.set_flow_run_state(self.flow_run.id, Cancelled(message="given to another worker"),
+                                                  force=True)
+                    self._start()
+                time.sleep(self.submitter.poll_s)
+
+
+class PoolSubmitter:
+    """`submit(step, params, blobs_url, items)` for run_pipeline: a batch flow run on the pool."""
+
+    def __init__(self, blobs: BlobStore, deployment: str, timeout_s: float, poll_s: float = 0.5):
+        self.blobs, self.deployment, self.timeout_s, self.poll_s = blobs, deployment, timeout_s, poll_s
+
+    def __call__(self, step: str, params: dict, blobs_url: str, items: list[dict]) -> PoolFuture:
+        return PoolFuture(self, (step, params, blobs_url, items))
