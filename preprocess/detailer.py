@@ -29,8 +29,8 @@ class DetailerParams(DiffusionParams):
     model: str = "sd-inpainting"  # an inpainting diffusers folder (9-channel UNet)
     strength: float = Field(0.4, ge=0, le=1)
     detect: list[str] = Field(default_factory=lambda: ["faces"])  # "faces" and/or object detectors (registry/ONNX)
-    face_model: str = "retinaface-resnet50"  # the align step's detector; its fallback is OpenCV's cascade
-    face_fallback: Literal["opencv-cascade", "none"] = "opencv-cascade"
+    face_model: str = "retinaface-resnet50"  # the align step's detector, with the same fallback chain
+    face_fallback: Literal["auto", "yuface", "dlib-hog", "opencv-cascade", "none"] = "auto"
     reuse_faces: bool = True  # take an earlier align step's meta["faces"] instead of detecting again
     classes: list[str] = Field(default_factory=list)  # object classes to keep (empty: all the detector knows)
     confidence: float = Field(0.3, gt=0, le=1)  # object detector score threshold
@@ -78,7 +78,7 @@ def find_regions(item: Item, p: DetailerParams, face_detector, object_detectors)
     return regions[: p.max_regions]
 
 
-@register("detailer", params=DetailerParams)
+@register("detailer", params=DetailerParams, version=2)  # 2: yuface/dlib before the cascade
 def load_detailer(params: dict, registry) -> LoadedStep:
     """Load the inpainting pipeline and the detectors `detect` names."""
     p = validate_params(DetailerParams, params, "detailer")

@@ -242,7 +242,8 @@ def missing_weights(name: str, params: dict[str, Any], registry: Registry) -> st
     for key, value in sorted(values.items()):
         if not isinstance(value, str) or value not in registry.entries or key.endswith("fallback"):
             continue
-        fallback = values.get("fallback" if key == "model" else f"{key}_fallback")
+        fallback = values.get("fallback" if key == "model" else f"{key}_fallback",
+                              values.get(f"{key.removesuffix('_model')}_fallback"))  # face_model → face_fallback
         if fallback not in (None, "none"):
             continue
         if registry.locate(value) is None:

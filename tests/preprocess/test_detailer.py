@@ -15,14 +15,14 @@ FAST = {"resolution": 64, "steps": 4, "strength": 0.9}
 
 @pytest.fixture(scope="module")
 def messi(photos):
-    return load_image_file(photos / "messi5.jpg").image  # 548×342, one face (the cascade's, eyes checked)
+    return load_image_file(photos / "messi5.jpg").image  # 548×342, one face
 
 
 @pytest.fixture(scope="module")
 def detailer(tmp_path_factory, tiny_sd_inpaint):
     import os
 
-    os.environ["ATELIER_HOME"] = str(tmp_path_factory.mktemp("detailer-home"))  # no RetinaFace: the cascade runs
+    os.environ["ATELIER_HOME"] = str(tmp_path_factory.mktemp("detailer-home"))  # no RetinaFace: yuface runs
     return load_step("detailer", {"model": str(tiny_sd_inpaint), "dilation": 6, "feather": 6,
                                   "padding": 24, **FAST}, load_registry())
 
@@ -31,7 +31,7 @@ def test_face_is_reworked_and_nothing_outside_its_mask_changes(detailer, messi):
     out = detailer.run([Item(image=messi, name="messi5.jpg", caption="a football player")])[0]
     assert out.image.size == messi.size and detailer.backend == "sd-inpaint"
     (region,) = out.meta["regions"]
-    assert region["label"] == "face" and region["by"] == "opencv-cascade"
+    assert region["label"] == "face" and region["by"] == "yuface"
     x0, y0, x1, y1 = region["box"]
     cx0, cy0, cx1, cy1 = region["crop"]
     assert cx0 <= x0 - 30 and cy0 <= y0 - 30 and cx1 >= x1 + 30 and cy1 >= y1 + 30  # dilation + padding of context
