@@ -83,6 +83,9 @@ class Slot(BaseModel):
     min_margin: float = Field(0.0, ge=0)  # the challenger must beat the champion's primary metric by this much
     guards: dict[str, Guard] = {}
     publish_path: str | None = None  # the stable file users load (e.g. ComfyUI models/loras/subject.safetensors)
+    # pivotal tuning (textual inversion + LoRA): where the LoRA goes, e.g. ComfyUI models/loras/ while the
+    # embedding goes to models/embeddings/ (default: beside the embedding as <name>.lora.safetensors)
+    publish_lora_path: str | None = None
 
     @model_validator(mode="after")
     def _known_metrics(self) -> Slot:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from evaluation.config import METRICS, Slot
-from evaluation.publish import publish_file, published_path, weights_file
+from evaluation.publish import companion_lora, companion_path, publish_file, published_path, weights_file
 from store.db import Store
 from store.models import Champion, Evaluation, PromotionDecision, TrainingRun, utcnow
 from store.run_outputs import local_outputs
@@ -89,8 +89,12 @@ def _install(session, store: Store, slot_name: str, slot: Slot, run_id: int, eva
         raise LookupError(f"no training run {run_id}")
     target = None
     if slot.publish_path:
-        source = weights_file(run.method, local_outputs(store, run.outputs or {}))
-        target = str(publish_file(source, published_path(slot.publish_path, slot_name, source)))
+        outputs = local_outputs(store, run.outputs or {})
+        source = weights_file(run.method, outputs)
+        main = published_path(slot.publish_path, slot_name, source)
+        if (lora := companion_lora(run.method, outputs)) is not None:  # first, so the embedding never lacks its LoRA
+            publish_file(lora, companion_path(slot.publish_lora_path, main, slot_name, lora))
+        target = str(publish_file(source, main))
     row = session.get(Champion, slot_name)
     if row is None:
         session.add(Champion(slot=slot_name, run_id=run_id, evaluation_id=evaluation_id, published_path=target))

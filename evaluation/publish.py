@@ -41,10 +41,25 @@ def publish_file(source: Path, target: Path) -> Path:
 
 
 def weights_file(method: str, outputs: dict[str, Any]) -> Path:
-    """The one file a run publishes: its kohya LoRA, single-file DreamBooth checkpoint, embedding or hypernetwork."""
+    """The main file a run publishes: its kohya LoRA, single-file DreamBooth checkpoint, embedding or hypernetwork."""
     keys = {"lora": ("lora",), "dreambooth-lora": ("lora",), "textual_inversion": ("embedding",),
             "hypernetwork": ("hypernetwork",)}.get(method, ("checkpoint", "lora"))
     for key in keys:
         if key in outputs and outputs[key].get("path"):
             return Path(outputs[key]["path"])
     raise ValueError(f"the {method} run has no weights file to publish (outputs: {', '.join(outputs) or 'none'})")
+
+
+def companion_lora(method: str, outputs: dict[str, Any]) -> Path | None:
+    """A pivotal-tuning run's UNet LoRA, which only works together with its embedding (None for other runs)."""
+    if method == "textual_inversion" and outputs.get("lora", {}).get("path"):
+        return Path(outputs["lora"]["path"])
+    return None
+
+
+def companion_path(publish_lora_path: str | None, main_target: Path, slot: str, source: Path) -> Path:
+    """Where the companion LoRA goes: `publish_lora_path` (a file or a folder such as ComfyUI's
+    models/loras), else beside the embedding as `<name>.lora.safetensors`."""
+    if publish_lora_path:
+        return published_path(publish_lora_path, slot, source)
+    return main_target.with_name(f"{main_target.stem}.lora{source.suffix}")

@@ -150,3 +150,27 @@ def test_a_challenger_sampled_with_other_prompts_is_not_compared(store, photos, 
     challenge(store, "s", SLOT, e1)
     decision = challenge(store, "s", SLOT, e2)
     assert decision.action == "kept" and "not comparable" in decision.reason
+
+
+def test_a_pivotal_tuning_champion_publishes_its_embedding_and_its_lora(store, photos, tmp_path, tiny_sd_dir, tiny_loras):
+    from store.models import TrainingRun
+    from tests.evaluation.conftest import add_subject
+
+    version_id = add_subject(store, photos, tmp_path, names=["HappyFish.jpg"])
+    embedding = tmp_path / "run" / "sks.safetensors"
+    embedding.parent.mkdir()
+    embedding.write_bytes(b"embedding" * 10)
+    run_id, evaluation_id = _evaluated_run(store, version_id, tiny_sd_dir, tiny_loras[0], CHAMPION)
+    with store.session() as session:
+        run = session.get(TrainingRun, run_id)
+        run.method, run.outputs = "textual_inversion", {"embedding": {"path": str(embedding)}, "lora": tiny_loras[0]}
+    comfy = tmp_path / "ComfyUI" / "models"
+    slot = SLOT.model_copy(update={"publish_path": f"{comfy}/embeddings/", "publish_lora_path": f"{comfy}/loras/"})
+    decision = challenge(store, "subject", slot, evaluation_id)
+    assert decision.action == "promoted" and decision.numbers["published_path"] == str(comfy / "embeddings" / "subject.safetensors")
+    assert (comfy / "embeddings" / "subject.safetensors").read_bytes() == embedding.read_bytes()
+    assert (comfy / "loras" / "subject.safetensors").read_bytes() == Path(tiny_loras[0]["path"]).read_bytes()
+
+    beside = SLOT.model_copy(update={"publish_path": str(tmp_path / "a1111" / "subject.safetensors")})
+    promote_by_hand(store, "subject", beside, run_id)  # no publish_lora_path: the LoRA goes beside the embedding
+    assert (tmp_path / "a1111" / "subject.lora.safetensors").read_bytes() == Path(tiny_loras[0]["path"]).read_bytes()
