@@ -55,7 +55,7 @@ demo: install runtime-packages
 	$(BIN)/python -m flows.demo
 
 test: install-test
-	$(BIN)/pytest -q --timeout 900 $(PYTEST_ARGS)
+	$(BIN)/pytest -q --timeout 900 --durations=30 $(PYTEST_ARGS)
 
 bench: install
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

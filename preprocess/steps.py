@@ -206,17 +206,6 @@ def model_fingerprint(name: str, params: dict[str, Any], registry: Registry) -> 
 _FILE_SUFFIXES = (".pth", ".safetensors", ".onnx", ".ckpt", ".bin", ".dat", ".jpg", ".jpeg", ".png", ".webp")
 
 
-def _weight_values(values: dict[str, Any]) -> list[tuple[str, str]]:
-    """(key, string) pairs of parameters that may name files: strings, and the strings of lists (reference photos)."""
-    pairs = []
-    for key, value in values.items():
-        if isinstance(value, str) and value:
-            pairs.append((key, value))
-        elif isinstance(value, (list, tuple)):
-            pairs.extend((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str) and v)
-    return pairs
-
-
 def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
