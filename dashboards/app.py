@@ -22,7 +22,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from dashboards.auth import secret_key
 from dashboards.routes import ROUTERS
 from store.audit import CannotUndo, Conflict, NothingToUndo
-from store.curation import CurationError
+from store.curation import CurationError, PreviewChanged
 from store.datasets import DatasetNotFound
 from store.db import Store, open_store
 from store.logins import Throttle
@@ -92,7 +92,8 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
         return _error(request, error.status_code, str(error.detail), error.headers)
 
     for kind, status in ((NotFound, 404), (DatasetNotFound, 404), (VersionNotFound, 404), (QueryError, 400),
-                         (CurationError, 400), (UserError, 400), (NothingToUndo, 409), (NothingToCommit, 409)):
+                         (CurationError, 400), (UserError, 400), (PreviewChanged, 409), (NothingToUndo, 409),
+                         (NothingToCommit, 409)):
         app.add_exception_handler(kind, lambda request, error, status=status: _error(request, status, str(error)))
 
     app.mount("/static/docs", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")

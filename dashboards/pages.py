@@ -26,6 +26,20 @@ def fmt(value, digits: int = 2) -> str:
 templates.env.filters["fmt"] = fmt
 
 
+def plain(value) -> str:
+    """A value from the audit log as text a person reads (never JSON with \\u escapes)."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')}: {plain(v)}" for k, v in value.items() if v is not None)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value)
+    return fmt(value)
+
+
+templates.env.filters["plain"] = plain
+
+
 def render(request: Request, name: str, status_code: int = 200, **context):
     """A page from templates/<name> with `user`, `csrf` and the Prefect UI address available."""
     context.setdefault("user", session_user(request))

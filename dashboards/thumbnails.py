@@ -22,6 +22,8 @@ from store.models import Artifact, Image as ImageRow
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 THUMB_SIDE = 320
+VIEW_SIDE = 2048  # the image view's screen-size copy (browsers cannot show TIFF or every PNG depth)
+SIDES = (THUMB_SIDE, VIEW_SIDE)
 MEDIA_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
                "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff"}
 CACHE_HEADERS = {"Cache-Control": "private, max-age=31536000, immutable"}
@@ -41,11 +43,26 @@ def thumbnail_path(store: Store, sha256: str, side: int = THUMB_SIDE) -> Path:
     return store.settings.cache_dir / "thumbs" / sha256[:2] / f"{sha256}-{side}.jpg"
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float images as 8-bit greyscale: Pillow's convert("RGB") clips them (a blank white thumbnail)."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return image
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":  # no fixed range: stretch what is there
+        low, high = float(values.min()), float(values.max())
+        values = (values - low) / ((high - low) or 1.0) * 255.0
+    else:
+        values = values / 257.0  # 0…65535 → 0…255
+    return Image.fromarray(values.clip(0, 255).round().astype(np.uint8), "L")
+
+
 def make_thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes:
-    """A JPEG no larger than side×side, upright (EXIF), RGB on white for transparent images."""
+    """A JPEG no larger than side×side, upright (EXIF), RGB on white for transparent images, 16-bit scaled."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (side, side))  # JPEG: decode at reduced size, much faster
-        image = ImageOps.exif_transpose(image)
+        image = to_8bit(ImageOps.exif_transpose(image))
         image.thumbnail((side, side))
         if image.mode in ("RGBA", "LA", "P"):
             image = image.convert("RGBA")
@@ -53,7 +70,7 @@ def make_thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes:
             canvas.paste(image, mask=image.getchannel("A"))
             image = canvas
         out = io.BytesIO()
-        image.convert("RGB").save(out, "JPEG", quality=85)
+        image.convert("RGB").save(out, "JPEG", quality=85 if side <= THUMB_SIDE else 90)
         return out.getvalue()
 
 

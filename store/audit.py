@@ -19,7 +19,8 @@ TAG_FIELDS = ("source", "category", "confidence", "status", "position", "updated
 MEMBER_FIELDS = ("status", "excluded_reason", "caption", "caption_source", "reviewed_at", "reviewed_by")
 UNDOABLE = {"tag_add", "tag_accept", "tag_reject", "tag_remove", "caption_edit", "exclude", "include",
             "review", "bulk_add", "bulk_remove", "bulk_rename", "bulk_accept", "bulk_reject",
-            "tag_rename", "tag_merge", "tag_blacklist"}
+            "tag_rename", "tag_merge", "tag_blacklist", "bulk_caption_prepend", "bulk_caption_append",
+            "bulk_caption_replace", "bulk_exclude", "bulk_include"}
 CHUNK = 500
 
 

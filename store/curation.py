@@ -15,11 +15,16 @@ from typing import Any, Callable
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+import hashlib
+import json
+
 from store.audit import Conflict, chunks, members_json, now, record, snapshot
+from store.bulk_fields import CAPTION_OPS, FIELD_OPS, FIELDS, apply_fields, field_targets
 from store.models import Member, Tag, TagRule
 from store.queries import NotFound, member_state
 
-BULK_OPS = ("add", "remove", "rename", "accept", "reject")
+TAG_OPS = ("add", "remove", "rename", "accept", "reject")
+BULK_OPS = TAG_OPS + FIELD_OPS
 REVIEW_FIELDS = ("reviewed_at", "reviewed_by")
 
 __all__ = ["Conflict", "CurationError", "add_tag", "set_tag_status", "remove_tag", "edit_caption",
@@ -28,6 +33,10 @@ __all__ = ["Conflict", "CurationError", "add_tag", "set_tag_status", "remove_tag
 
 class CurationError(ValueError):
     """An edit that makes no sense (empty tag, unknown operation); the message names the field."""
+
+
+class PreviewChanged(Exception):
+    """A bulk edit applied with a preview token whose images are no longer the ones it would change."""
 
 
 def clean_tag(text: str | None, field: str = "tag") -> str:
@@ -269,12 +278,23 @@ def stamp_tags(session: Session, ids: list[int], texts: list[str]) -> None:
 
 def bulk_edit(session: Session, dataset_id: int, ids: list[int], op: str, text: str, new: str | None,
               user: str, *, dry_run: bool = False, action: str | None = None,
-              rule: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Apply one tag operation to the members `ids` of a dataset; `dry_run` only counts.
+              rule: dict[str, Any] | None = None, preview: str | None = None) -> dict[str, Any]:
+    """Apply one operation (a tag op, a caption op or exclude/include) to the members `ids` of a dataset.
 
-    Returns {"matched": how many were asked, "changed": how many change, "audit_id"}.
+    `dry_run` only counts, and returns a `preview` token naming exactly the images that would change;
+    applied with that token, the edit changes those images or none (PreviewChanged when they differ now).
+    Returns {"matched": how many were asked, "changed": how many change, "preview", "audit_id"}.
     """
-    text = clean_tag(text)
+    if op in FIELD_OPS:
+        text = (text or "").strip()
+        if op in CAPTION_OPS and not text:
+            raise CurationError("text: empty (the trigger word or phrase)")
+        if op != "caption_replace":
+            new = None
+    else:
+        text = clean_tag(text)
+        if op not in TAG_OPS:
+            raise CurationError(f"op: expected one of {', '.join(BULK_OPS)}, got {op!r}")
     if op == "rename":
         new = clean_tag(new, "new tag")
         if new == text:
@@ -287,14 +307,24 @@ def bulk_edit(session: Session, dataset_id: int, ids: list[int], op: str, text: 
     if len(inside) != len(ids):
         missing = sorted(set(ids) - inside)[:5]
         raise NotFound(f"members not in this dataset: {missing}")
-    targets = bulk_targets(session, ids, op, text, new)
-    result: dict[str, Any] = {"matched": len(ids), "changed": len(targets), "op": op, "tag": text, "new": new}
+    fields = op in FIELD_OPS
+    targets = field_targets(session, ids, op, text, new) if fields else bulk_targets(session, ids, op, text, new)
+    token = preview_token(op, text, new, targets)
+    result: dict[str, Any] = {"matched": len(ids), "changed": len(targets), "op": op, "tag": text, "new": new,
+                              "preview": token}
     if dry_run:
         return result
-    texts = [text, new] if new else [text]
-    before = members_json(snapshot(session, targets, (), texts))
-    _apply(session, targets, op, text, new, user)
-    after = members_json(snapshot(session, targets, (), texts))
+    if preview is not None and preview != token:
+        raise PreviewChanged(f"the images this edit would change are not the ones previewed (now {len(targets):,} "
+                             f"of {len(ids):,}; someone edited meanwhile): nothing was changed; preview again")
+    texts = [] if fields else ([text, new] if new else [text])
+    columns = FIELDS.get(op, ())
+    before = members_json(snapshot(session, targets, columns, texts))
+    if fields:
+        apply_fields(session, targets, op, text, new, user)
+    else:
+        _apply(session, targets, op, text, new, user)
+    after = members_json(snapshot(session, targets, columns, texts))
     if rule:
         existing = session.scalar(select(TagRule).where(TagRule.dataset_id == dataset_id,
                                                         TagRule.kind == rule["kind"], TagRule.text == text))
@@ -310,6 +340,11 @@ def bulk_edit(session: Session, dataset_id: int, ids: list[int], op: str, text: 
     entry = record(session, user, action or f"bulk_{op}", dataset_id, target, before, after)
     result["audit_id"] = entry.id
     return result
+
+
+def preview_token(op: str, text: str, new: str | None, targets: list[int]) -> str:
+    """Names one exact bulk edit: the operation and the images it changes."""
+    return hashlib.sha256(json.dumps([op, text, new, targets]).encode()).hexdigest()[:32]
 
 
 def _dataset_members_with(session: Session, dataset_id: int, text: str) -> list[int]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from dashboards.auth import reader
 from dashboards.pages import render
-from store import queries
+from store import queries, tag_counts
 from store import review as reviews
 from store.users import UserInfo
 
@@ -22,6 +22,9 @@ def grid_data(request: Request, dataset: str) -> dict:
     f = queries.grid_filter_from_params(request.query_params)
     with request.app.state.store.session() as session:
         page = queries.grid_page(session, queries.dataset_id(session, dataset), f)
+        tops = tag_counts.top_tags(session, [item["id"] for item in page["items"]])
+    for item in page["items"]:
+        item["tags"] = tops.get(item["id"], [])
     page["dataset"] = dataset
     page["params"] = f.to_params()
     return page

@@ -29,12 +29,15 @@ def _not_modified(request: Request, etag: str) -> Response | None:
 
 
 @router.get("/thumbs/{sha256}", tags=["media"])
-def thumb(request: Request, sha256: str, user: UserInfo = Depends(reader)):
-    """A JPEG thumbnail (≤ 320 px) of an image or artifact, made once and cached by hash."""
-    etag = f'"{sha256}-{thumbnails.THUMB_SIDE}"'
+def thumb(request: Request, sha256: str, side: int = thumbnails.THUMB_SIDE, user: UserInfo = Depends(reader)):
+    """A JPEG of an image or artifact no larger than `side` (320: the grid's thumbnail; 2048: the image
+    view's screen-size copy), made once and cached by hash."""
+    if side not in thumbnails.SIDES:
+        raise HTTPException(404, f"side: one of {', '.join(map(str, thumbnails.SIDES))}")
+    etag = f'"{sha256}-{side}"'
     if hit := _not_modified(request, etag):
         return hit
-    path = thumbnails.thumbnail(request.app.state.store, sha256, _known(request, sha256))
+    path = thumbnails.thumbnail(request.app.state.store, sha256, _known(request, sha256), side)
     return FileResponse(path, media_type="image/jpeg", headers={"ETag": etag, **thumbnails.CACHE_HEADERS})
 
 

@@ -16,6 +16,7 @@ from dashboards.pages import render
 from store import curation, queries
 from store import review as reviews
 from store.audit import member_history
+from store.masks import MASK_STEP
 from store.users import UserInfo
 
 router = APIRouter()
@@ -111,7 +112,33 @@ def member_page(request: Request, dataset: str, member_id: int, review: int | No
             raise queries.NotFound(f"image {member_id} is not in dataset {dataset!r}")
         walk = reviews.place(session, reviews.get_review(session, review, user.name), member_id) if review else None
     return render(request, "member.html", user=user, dataset=dataset, m=detail, walk=walk,
-                  params=walk["params"] if walk else {})
+                  params=walk["params"] if walk else {}, views=views_of(detail))
+
+
+def views_of(detail: dict) -> list[dict]:
+    """What the image view can show: the original and every derived artifact (masks are overlays of these)."""
+    original = detail["original"]
+    has_current = any(a["current"] for a in detail["artifacts"])
+    views = [{"key": "original", "sha256": original["sha256"], "step": "original", "label": "original",
+              "width": original["width"], "height": original["height"], "current": not has_current,
+              "backend": original.get("format"), "params": None, "meta": None, "masks": []}]
+    by_id = {}
+    for a in detail["artifacts"]:
+        if a["step"] == MASK_STEP:
+            continue
+        view = {"key": f"artifact-{a['id']}", "sha256": a["sha256"], "step": a["step"], "width": a["width"],
+                "height": a["height"], "current": a["current"], "backend": a["backend"], "model_id": a["model_id"],
+                "params": a["params"], "meta": a["meta"], "masks": [],
+                "label": f"{a['step']} ({a['width']}×{a['height']})"}
+        by_id[a["id"]] = view
+        views.append(view)
+    for a in detail["artifacts"]:
+        if a["step"] == MASK_STEP:
+            owner = by_id.get(a["parent_id"]) if a["parent_id"] is not None else views[0]
+            if owner is not None:
+                name = (a["params"] or {}).get("name", "mask")
+                owner["masks"] = [m for m in owner["masks"] if m["name"] != name] + [{"name": name, "sha256": a["sha256"]}]
+    return views
 
 
 def _unreviewed_walk(session, user: str, ds: int):

@@ -8,7 +8,8 @@ from sqlalchemy import select
 
 from dashboards.auth import curator, reader
 from dashboards.pages import render
-from store import curation, queries
+from dashboards.tokens import count_tokens
+from store import curation, queries, tag_counts
 from store.models import TagRule
 from store.users import UserInfo
 
@@ -41,6 +42,26 @@ def api_tags(request: Request, dataset: str, contains: str = "", limit: int = 20
              user: UserInfo = Depends(reader)):
     """Every tag with its frequency, model/human counts and acceptance rate; plus the tag rules."""
     return _table(request, dataset, contains, limit, offset)
+
+
+@router.get("/api/datasets/{dataset}/tags/top", tags=["tags"])
+def api_top_tags(request: Request, dataset: str, limit: int = 60, user: UserInfo = Depends(reader)):
+    """The dataset's most frequent tags over its active images (rejected ones not counted): the grid's sidebar."""
+    with request.app.state.store.session() as session:
+        return {"tags": tag_counts.tag_frequencies(session, queries.dataset_id(session, dataset), min(limit, 500))}
+
+
+@router.get("/api/datasets/{dataset}/tags/suggest", tags=["tags"])
+def api_suggest(request: Request, dataset: str, q: str = "", limit: int = 12, user: UserInfo = Depends(reader)):
+    """Autocomplete: the dataset's tags starting with `q` (a space matches an underscore), most used first."""
+    with request.app.state.store.session() as session:
+        return {"tags": tag_counts.suggest_tags(session, queries.dataset_id(session, dataset), q, min(limit, 50))}
+
+
+@router.get("/api/tokens", tags=["tags"])
+def api_tokens(request: Request, text: str = "", user: UserInfo = Depends(reader)):
+    """A caption's CLIP token count against the 75-token window (exact with a CLIP tokenizer on disk)."""
+    return count_tokens(text[:20_000], request.app.state.store.settings.models_dir)
 
 
 @router.post("/api/datasets/{dataset}/tags/rename", tags=["tags"])

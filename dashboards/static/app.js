@@ -129,6 +129,7 @@ function memberPage() {
     if (r.ok) {
       state = { ...state, ...r.data };
       render();
+      document.dispatchEvent(new CustomEvent("member-changed"));
       if (r.data.merged) flash("Saved. Another curator changed other parts of this image meanwhile; their changes are kept (shown).");
       return true;
     }
@@ -234,19 +235,37 @@ function bulkForm() {
   document.querySelectorAll("input.select").forEach((c) => c.addEventListener("change", () => {
     document.getElementById("selected-count").textContent = selected().length;
   }));
+  const op = document.getElementById("bulk-op"), tag = document.getElementById("bulk-tag"), renamed = document.getElementById("bulk-new");
+  // what the two text boxes mean for each operation
+  const FIELDS = {
+    accept: ["tag"], reject: ["tag"], add: ["tag"], remove: ["tag"], rename: ["tag", "new name"],
+    caption_prepend: ["trigger word, e.g. ohwx"], caption_append: ["text to append"],
+    caption_replace: ["text to replace", "replace with (empty: remove)"], exclude: ["reason (optional)"], include: [],
+  };
+  const relabel = () => {
+    const [first, second] = FIELDS[op.value];
+    tag.hidden = first === undefined; tag.placeholder = first || "";
+    tag.required = !!first && !first.includes("optional");
+    renamed.hidden = second === undefined; renamed.placeholder = second || "";
+  };
+  op.addEventListener("change", relabel);
+  relabel();
+  let preview = null;  // the dry run's token: Apply changes exactly the previewed images, or nothing
   const body = (dryRun) => {
     const data = new FormData(form);
-    const request = { op: data.get("op"), tag: data.get("tag").trim(), new: data.get("new").trim() || null, dry_run: dryRun };
+    const request = { op: data.get("op"), tag: (data.get("tag") || "").trim(), new: (data.get("new") || "").trim() || null, dry_run: dryRun };
     if (data.get("scope") === "selection") request.member_ids = selected();
     else request.filter = filter;
+    if (!dryRun) request.preview = preview;
     return request;
   };
   // any change to the form invalidates the preview: the count must match what is applied
-  form.addEventListener("input", () => { apply.disabled = true; count.textContent = ""; });
+  form.addEventListener("input", () => { apply.disabled = true; count.textContent = ""; preview = null; });
   document.getElementById("bulk-preview").addEventListener("click", async () => {
     if (!form.reportValidity()) return;
     const r = await api("POST", `/api/datasets/${dataset}/bulk`, body(true));
     if (!r.ok) { flash(r.data.error || `failed (${r.status})`, "error"); return; }
+    preview = r.data.preview;
     count.textContent = `${r.data.changed} of ${r.data.matched} images will change`;
     apply.disabled = r.data.changed === 0;
     apply.textContent = `Apply to ${r.data.changed} images`;
@@ -254,8 +273,13 @@ function bulkForm() {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const r = await api("POST", `/api/datasets/${dataset}/bulk`, body(false));
-    if (r.ok) flashAfterReload(`${r.data.op} “${r.data.tag}”${r.data.new ? " → “" + r.data.new + "”" : ""}: ${r.data.changed} images changed`);
-    else flash(r.data.error || `failed (${r.status})`, "error");
+    if (r.ok) {
+      const what = `${r.data.op.replace("_", " ")}${r.data.tag ? " “" + r.data.tag + "”" : ""}${r.data.new ? " → “" + r.data.new + "”" : ""}`;
+      flashAfterReload(`${what}: ${r.data.changed} images changed`);
+    } else {
+      flash(r.data.error || `failed (${r.status})`, r.status === 409 ? "conflict" : "error");
+      if (r.status === 409) { apply.disabled = true; count.textContent = "preview again"; }
+    }
   });
 }
 

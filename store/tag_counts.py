@@ -1,0 +1,78 @@
+"""Tag counts for the curator's eye: each grid cell's top tags, a dataset's most frequent tags, autocomplete.
+
+Rejected tags are not counted: what a dataset "has" is what is not rejected. Frequencies are read
+often (every grid page asks) and change slowly, so they are cached per dataset for a few seconds
+and whenever the audit log grows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from store.models import AuditEntry, Member, Tag
+
+CELL_TAGS = 6
+CACHE_SECONDS = 10.0
+_cache: dict[tuple, tuple[float, list[dict[str, Any]]]] = {}
+_lock = threading.Lock()
+
+
+def top_tags(session: Session, member_ids: list[int], n: int = CELL_TAGS) -> dict[int, list[dict[str, str]]]:
+    """The first `n` tags of each member in caption order, decided ones first; rejected ones last."""
+    if not member_ids:
+        return {}
+    rows = session.execute(select(Tag.member_id, Tag.text, Tag.status).where(Tag.member_id.in_(member_ids))
+                           .order_by(Tag.member_id, (Tag.status == "rejected"), Tag.position, Tag.text))
+    out: dict[int, list[dict[str, str]]] = {}
+    for member_id, text, status in rows:
+        tags = out.setdefault(member_id, [])
+        if len(tags) < n:
+            tags.append({"text": text, "status": status})
+    return out
+
+
+def _frequencies(session: Session, dataset_id: int, limit: int) -> list[dict[str, Any]]:
+    n = func.count().label("n")
+    query = (select(Tag.text, n).join(Member, Member.id == Tag.member_id)
+             .where(Member.dataset_id == dataset_id, Member.status == "active", Tag.status != "rejected")
+             .group_by(Tag.text).order_by(n.desc(), Tag.text).limit(limit))
+    return [{"text": text, "count": count} for text, count in session.execute(query)]
+
+
+def tag_frequencies(session: Session, dataset_id: int, limit: int = 60) -> list[dict[str, Any]]:
+    """The dataset's most frequent tags over its active images, [{text, count}], most frequent first."""
+    latest = session.scalar(select(func.max(AuditEntry.id)))
+    key = (session.get_bind().url.render_as_string(), dataset_id, limit, latest)
+    with _lock:
+        hit = _cache.get(key)
+    if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    found = _frequencies(session, dataset_id, limit)
+    with _lock:
+        if len(_cache) > 256:
+            _cache.clear()
+        _cache[key] = (time.monotonic(), found)
+    return found
+
+
+def _like_prefix(text: str) -> str:
+    """A LIKE pattern for tags starting with `text`, where a space and an underscore match each other."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%")
+    return escaped.replace(" ", "_") + "%"  # "_" is LIKE's one-character wildcard: matches " " and "_"
+
+
+def suggest_tags(session: Session, dataset_id: int, typed: str, limit: int = 12) -> list[dict[str, Any]]:
+    """Tags of the dataset that start with what was typed (spaces and underscores alike), most used first."""
+    typed = typed.strip().lower()
+    if not typed:
+        return []
+    n = func.count().label("n")
+    query = (select(Tag.text, n).join(Member, Member.id == Tag.member_id)
+             .where(Member.dataset_id == dataset_id, Tag.text.like(_like_prefix(typed), escape="\\"))
+             .group_by(Tag.text).order_by(n.desc(), Tag.text).limit(limit))
+    return [{"text": text, "count": count} for text, count in session.execute(query)]
