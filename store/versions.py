@@ -217,6 +217,9 @@ def export_version(store: Store, dataset: str, number: int | None, fmt: str, out
                     mask_files[suffix.removesuffix(".mask.png").lstrip(".") or "learn"] = mask_name
             text = training_text(entry["caption"], entry["tags"])
             if fmt == "kohya":
+                # sd-scripts trains on a .txt's text as it stands: an empty one would train on '' instead of
+                # the folder's class tokens, so a member with neither caption nor tags gets those tokens
+                text = text or subject
                 (staging / folder / name).with_suffix(".txt").write_text(text + "\n")
             else:
                 row = {"file_name": name, "text": text, "caption": entry["caption"], "tags": entry["tags"],

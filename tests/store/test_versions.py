@@ -79,6 +79,26 @@ def test_kohya_export_is_upright_and_byte_identical_twice(store, dataset, tmp_pa
         export_version(store, dataset, 1, "kohya", tmp_path / "a")
 
 
+def test_kohya_export_gives_uncaptioned_members_the_trigger_words(store, dataset, tmp_path):
+    """sd-scripts trains on a .txt as it stands: an empty one would train on '' instead of `sks person`."""
+    from training.data import scan_kohya_folder, tag_frequency
+
+    with store.session() as session:
+        from store.datasets import get_dataset
+
+        ds = get_dataset(session, dataset)
+        ds.identifier, ds.class_word, ds.repeats = "sks", "person", 10
+    commit_version(store, dataset, "v1")
+    export_version(store, dataset, 1, "kohya", tmp_path / "k")
+    folder = tmp_path / "k" / "10_sks person"
+    texts = {p.name.split("_", 1)[1]: p.read_text() for p in folder.glob("*.txt")}
+    assert texts == {"messi5.txt": "football, 1boy\n", "HappyFish.txt": "sks person\n",
+                     "leuvenB.txt": "sks person\n", "sideways.txt": "sks person\n"}
+    # what A1111's tag panel shows (ss_tag_frequency), counted from the exported files as a trainer reads them
+    assert tag_frequency(scan_kohya_folder(tmp_path / "k")) == \
+        {"10_sks person": {"football": 1, "1boy": 1, "sks person": 3}}
+
+
 def test_imagefolder_export_writes_metadata_jsonl(store, dataset, tmp_path):
     commit_version(store, dataset, "v1")
     export_version(store, dataset, 1, "imagefolder", tmp_path / "hf")
