@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.models import AuditEntry, Member, Tag, TagRule
@@ -100,25 +100,31 @@ def _compared(action: str, fields: Iterable[str]) -> list[str]:
     return ["reviewed_by"] if action == "review" else [f for f in fields if f not in REVIEW_FIELDS]
 
 
-def _differs(action: str, now_snap: dict[str, Any], then: dict[str, Any]) -> str | None:
-    """Which touched part no longer holds what the change left there (None: all still as it left them)."""
+def _differs(action: str, now_snap: dict[str, Any], then: dict[str, Any]) -> tuple[str, str, str] | None:
+    """Which touched part no longer holds what the change left there, as (phrase, "fields"|"tags", key);
+    None: all still as it left them."""
     for name in _compared(action, then.get("fields", {})):
         if now_snap["fields"].get(name) != then["fields"].get(name):
-            return name.replace("_", " ")
+            return name.replace("_", " "), "fields", name
     for text, row in then.get("tags", {}).items():
         current = now_snap["tags"].get(text)
         if (current is None) != (row is None) or (row is not None and current["status"] != row["status"]):
-            return f"tag {text!r}"
+            return f"tag {text!r}", "tags", text
     return None
 
 
-def _who_changed_later(session: Session, entry: AuditEntry, member_id: int) -> str:
-    later = session.scalar(select(AuditEntry).where(
-        AuditEntry.id > entry.id, AuditEntry.target == f"member:{member_id}", AuditEntry.action != "undo")
-        .order_by(AuditEntry.id).limit(1))
-    if later is None:
-        return "by a later bulk edit, tag rule or model run"
-    return f"by {later.user} ({later.action} at {later.at:%Y-%m-%d %H:%M}, audit #{later.id})"
+def _who_changed_later(session: Session, entry: AuditEntry, member_id: int, kind: str, key: str) -> str:
+    """Who changed that part of the image after `entry`: the first later change whose snapshot holds it."""
+    later = session.scalars(select(AuditEntry).where(
+        AuditEntry.id > entry.id, AuditEntry.action.in_(UNDOABLE),
+        or_(AuditEntry.target == f"member:{member_id}",
+            and_(AuditEntry.dataset_id == entry.dataset_id, ~AuditEntry.target.startswith("member:"))))
+        .order_by(AuditEntry.id).limit(500))
+    for e in later:
+        snap = (e.after or {}).get("members", {}).get(str(member_id))
+        if snap and key in snap.get(kind, {}):
+            return f"by {e.user} ({e.action} at {e.at:%Y-%m-%d %H:%M}, audit #{e.id})"
+    return "by a later bulk edit, tag rule or model run"
 
 
 def _stamp(value: Any) -> tuple:
@@ -177,11 +183,12 @@ def why_not(session: Session, entry: AuditEntry, user: str, may_undo_others: boo
         for member_id in part:
             if member_id not in current:
                 return f"cannot undo {entry.action} (audit #{entry.id}): image {member_id} is gone"
-            what = _differs(entry.action, current[member_id], after[str(member_id)])
-            if what:
+            found = _differs(entry.action, current[member_id], after[str(member_id)])
+            if found:
+                what, kind, key = found
                 return (f"cannot undo {entry.action} (audit #{entry.id}): the {what} of image {member_id} was "
-                        f"changed again {_who_changed_later(session, entry, member_id)}; undo that change first, "
-                        f"or edit by hand")
+                        f"changed again {_who_changed_later(session, entry, member_id, kind, key)}; undo that "
+                        f"change first, or edit by hand")
     return None
 
 

@@ -55,10 +55,11 @@ async function undoChange(entryId) {
   const body = entryId ? { entry_id: entryId } : {};
   let r = await api("POST", "/api/undo", body);
   if (r.status === 409 && r.data.confirm) {
-    if (!confirm(`Undo ${r.data.action} on ${r.data.confirm.toLocaleString()} images?`)) { flash("Nothing undone."); return; }
+    if (!confirm(`Undo ${r.data.action.replace(/_/g, " ")} (audit #${r.data.entry}) on ${r.data.confirm.toLocaleString()} images?`)) { flash("Nothing undone."); return; }
     r = await api("POST", "/api/undo", { ...body, entry_id: r.data.entry, confirm: r.data.confirm });
   }
-  if (r.ok) flashAfterReload(`Undid ${r.data.action} on ${r.data.target}`);
+  const images = (n) => n === 1 ? "1 image" : `${n.toLocaleString()} images`;
+  if (r.ok) flashAfterReload(`Undid ${r.data.action.replace(/_/g, " ")} (audit #${r.data.undone}) on ${images(r.data.members.length)}`);
   else flash(r.data.error || `undo failed (${r.status})`, "error");
 }
 const undoLast = () => undoChange(null);
