@@ -110,10 +110,14 @@ class TrainConfig(AestheticOptions):  # aesthetic_*: aesthetic gradients for val
     instance_prompt: str | None = None  # DreamBooth: train on this prompt instead of the captions
     repeats: int | None = Field(None, ge=1)  # override the folder's N_ repeats
 
-    # network
+    # network (training/adapters.py): lora is peft's LoRA on target_modules; the others are LyCORIS's
+    network: Literal["lora", "locon", "loha", "lokr", "dora"] = "lora"
     rank: int = Field(4, ge=1)
     lora_alpha: float | None = None  # default: rank (scale 1)
     target_modules: list[str] = ["to_k", "to_q", "to_v", "to_out.0"]
+    conv_dim: int | None = Field(None, ge=0)  # locon/loha/lokr/dora: rank of 3×3 convs (default rank; dora 0)
+    conv_alpha: float | None = None  # default: lora_alpha
+    lokr_factor: int = -1  # lokr: Kronecker factor (-1: as large as the shapes allow)
     train_text_encoder: bool = False
     text_encoder_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj"]
     prior: PriorPreservation = PriorPreservation()
@@ -160,6 +164,9 @@ class TrainConfig(AestheticOptions):  # aesthetic_*: aesthetic gradients for val
             raise ValueError("text_encoder_lr is set but train_text_encoder is false")
         if self.method in ("textual_inversion", "hypernetwork") and self.train_text_encoder:
             raise ValueError(f"train_text_encoder: {self.method} trains only its own weights on a frozen model")
+        if self.network != "lora" and not self.uses_lora:
+            raise ValueError(f"network: {self.network} is an adapter kind; method {self.method} trains no adapter "
+                             "(use method lora, dreambooth-lora or textual_inversion with_lora)")
         return self
 
     @property

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from training.adapters import network_metadata
+
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
 
@@ -96,10 +98,7 @@ def kohya_metadata(config, family: str, base_model_hash: str, dataset: dict[str,
     meta = {
         "ss_v2": str(family == "sd2"),
         "ss_base_model_version": BASE_MODEL_VERSION[family],
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(config.rank),
-        "ss_network_alpha": str(config.alpha),
-        "ss_network_args": json.dumps({"target_modules": config.target_modules}),
+        **network_metadata(config),  # ss_network_module, _dim, _alpha, _args (training/adapters.py)
         "ss_sd_model_name": Path(config.base_model).name,
         "ss_sd_model_hash": base_model_hash[:8],
         "ss_new_sd_model_hash": base_model_hash,

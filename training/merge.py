@@ -1,4 +1,4 @@
-"""Checkpoint merging: block-weighted merge of two SD checkpoints, and a LoRA merged into a checkpoint.
+"""Checkpoint merging: block-weighted merge of two SD checkpoints, and a LoRA or LyCORIS adapter merged into one.
 
 Block-weighted (as the widely shared `merge_unet_blocks.py`, without its substring bug): each weight
 is the second model's share, `A·(1−w) + B·w`, for UNet keys under `model.diffusion_model.` in
@@ -171,24 +171,75 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
 
 
+ADAPTER_KEYS = {"lora_down.weight": "lora", "hada_w1_a": "loha", "lokr_w1": "lokr", "lokr_w1_a": "lokr"}
+_TUCKER = ("lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2")
+
+
+def _factor(lora: dict[str, torch.Tensor], module: str, name: str) -> tuple[torch.Tensor, int | None]:
+    """A LoKr factor: the full matrix `lokr_wN`, or `lokr_wN_a`·`lokr_wN_b` (then its rank, for the alpha scale)."""
+    if f"{module}.{name}" in lora:
+        return lora[f"{module}.{name}"].float(), None
+    a, b = lora[f"{module}.{name}_a"].float(), lora[f"{module}.{name}_b"].float()
+    return a @ b.flatten(1), b.shape[0]
+
+
+def adapter_delta(lora: dict[str, torch.Tensor], module: str, shape: torch.Size) -> torch.Tensor:
+    """ΔW of one module, alpha scale included: LoRA/LoCon up·down, LoHa (w1a·w1b)⊙(w2a·w2b), LoKr w1⊗w2."""
+    if any(f"{module}.{t}" in lora for t in _TUCKER):
+        raise MergeError(f"{module}: Tucker-decomposed (use_tucker) conv weights cannot be merged yet")
+    alpha = lora.get(f"{module}.alpha")
+    if f"{module}.lora_down.weight" in lora:
+        down = lora[f"{module}.lora_down.weight"]
+        delta, rank = lora_delta(down, lora[f"{module}.lora_up.weight"]), down.shape[0]
+    elif f"{module}.hada_w1_a" in lora:
+        w1 = lora[f"{module}.hada_w1_a"].float() @ lora[f"{module}.hada_w1_b"].float().flatten(1)
+        w2 = lora[f"{module}.hada_w2_a"].float() @ lora[f"{module}.hada_w2_b"].float().flatten(1)
+        delta, rank = w1 * w2, lora[f"{module}.hada_w1_b"].shape[0]
+    else:
+        (w1, rank1), (w2, rank2) = _factor(lora, module, "lokr_w1"), _factor(lora, module, "lokr_w2")
+        delta, rank = torch.kron(w1.flatten(1), w2.flatten(1)), rank2 or rank1  # no rank: both full, scale 1
+        if rank is None:
+            alpha = None
+    scale = float(alpha) / rank if alpha is not None and rank else 1.0
+    return scale * delta.reshape(shape)
+
+
+def apply_adapter(weight: torch.Tensor, delta: torch.Tensor, strength: float,
+                  dora_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """W + strength·ΔW; with DoRA's magnitude m: W + strength·(m·(W+ΔW)/‖W+ΔW‖ − W), the norm per output channel."""
+    w = weight.float()
+    if dora_scale is None:
+        return (w + strength * delta).to(weight.dtype)
+    combined = w + delta
+    norm = combined.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.ndim - 1))
+    decomposed = dora_scale.float().reshape(norm.shape) * combined / norm
+    return (w + strength * (decomposed - w)).to(weight.dtype)
+
+
 def merge_lora(checkpoint: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], strength: float = 1.0
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """W += strength · up·down · alpha/rank for each LoRA module (kohya layout); returns (state, summary)."""
+    """Merge a kohya/LyCORIS-layout adapter (LoRA, LoCon, LoHa, LoKr, DoRA) into a checkpoint; returns (state, summary)."""
     targets = kohya_targets(list(checkpoint))
-    modules = sorted({k.split(".")[0] for k in lora if k.endswith(".lora_down.weight")})
-    if not modules:
-        raise MergeError("the LoRA file has no `*.lora_down.weight` keys: not a kohya-layout LoRA")
+    kinds = {}
+    for key in lora:
+        module, _, suffix = key.partition(".")
+        if suffix in ADAPTER_KEYS:
+            kinds[module] = ADAPTER_KEYS[suffix] + ("+dora" if f"{module}.dora_scale" in lora else "")
+    if not kinds:
+        raise MergeError("the file has no `*.lora_down.weight`, `*.hada_w1_a` or `*.lokr_w1` keys: "
+                         "not a kohya-layout LoRA or LyCORIS file")
     merged = dict(checkpoint)
+    modules = sorted(kinds)
     unmatched = [m for m in modules if m not in targets]
     if unmatched:
         raise MergeError(f"{len(unmatched)} of {len(modules)} LoRA modules have no layer in the checkpoint "
                          f"(e.g. {unmatched[0]}): was the LoRA trained on another model family?")
     for module in modules:
-        down, up = lora[f"{module}.lora_down.weight"], lora[f"{module}.lora_up.weight"]
-        rank = down.shape[0]
-        alpha = float(lora[f"{module}.alpha"]) if f"{module}.alpha" in lora else float(rank)
         key = targets[module]
         weight = merged[key]
-        delta = lora_delta(down, up).reshape(weight.shape)
-        merged[key] = (weight.float() + strength * (alpha / rank) * delta).to(weight.dtype)
-    return merged, {"modules": len(modules), "strength": strength}
+        merged[key] = apply_adapter(weight, adapter_delta(lora, module, weight.shape), strength,
+                                    lora.get(f"{module}.dora_scale"))
+    counts: dict[str, int] = {}
+    for kind in kinds.values():
+        counts[kind] = counts.get(kind, 0) + 1
+    return merged, {"modules": len(modules), "strength": strength, "kinds": counts}

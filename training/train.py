@@ -150,18 +150,10 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
     method = method_for(config, model, device)  # textual inversion / hypernetwork: their own trained parts
     if method is not None:  # pivotal tuning: the new tokens and a UNet LoRA together
         trained = {"unet": unet, **method.trained} if config.uses_lora else method.trained
-    if config.uses_lora:
-        from peft import LoraConfig
+    if config.uses_lora:  # LoRA, LoCon, LoHa, LoKr or DoRA
+        from training.adapters import add_network
 
-        unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
-                                    target_modules=config.target_modules))
-        if config.train_text_encoder:
-            from peft import inject_adapter_in_model  # transformers' add_adapter wants a newer peft
-
-            for index, encoder in enumerate(model.text_encoders):
-                inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
-                                                   target_modules=config.text_encoder_target_modules), encoder)
-                trained[f"text_encoder{'_2' if index else ''}"] = encoder
+        add_network(config, model, trained, device)
     elif method is None:
         unet.requires_grad_(True)
         if config.train_text_encoder:
@@ -336,7 +328,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device, autocast)
     outputs = method.export(output_dir, dataset, started_at) if method is not None else {}
     if method is None or config.uses_lora:  # pivotal tuning writes the embedding and the LoRA
-        outputs.update(export_outputs(config, model, examples, output_dir, dataset, started_at))
+        outputs.update(export_outputs(config, model, examples, output_dir, dataset, started_at, trained))
     if chosen_vae:
         outputs["vae"] = chosen_vae.record()
     outputs["samples"] = samples
@@ -381,16 +373,20 @@ def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, d
     return rows
 
 
-def export_outputs(config: TrainConfig, model, examples, output_dir: Path, dataset: dict, started_at: str) -> dict:
-    from training import export
+def export_outputs(config: TrainConfig, model, examples, output_dir: Path, dataset: dict, started_at: str,
+                   trained: dict[str, torch.nn.Module]) -> dict:
+    from training import adapters, export
 
     pipe = model.pipeline
     outputs: dict[str, Any] = {}
     if config.uses_lora:
-        layers = export.lora_layers(pipe.unet, model.text_encoders)
         meta = export.kohya_metadata(config, model.family, model.sha256, dataset, examples,
                                      D.tag_frequency(examples), started_at)
         name = f"{dataset.get('name', 'lora')}-v{dataset.get('version', 0)}.safetensors"
+        if adapters.is_lycoris(trained):  # LoCon/LoHa/LoKr/DoRA: one LyCORIS-layout file, which diffusers reads too
+            outputs["lora"] = adapters.save_network_kohya(output_dir / name, trained, model.family, pipe.unet, meta)
+            return outputs
+        layers = export.lora_layers(pipe.unet, model.text_encoders)
         outputs["lora"] = export.save_lora_kohya(output_dir / name, layers, config.alpha, model.family, meta,
                                                  unet_config=pipe.unet.config)
         outputs["lora_peft"] = export.save_lora_peft(output_dir / "lora_peft", type(pipe), layers, config.alpha, config.rank)
