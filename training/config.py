@@ -109,6 +109,9 @@ class TrainConfig(AestheticOptions):  # aesthetic_*: aesthetic gradients for val
     class_word: str | None = None  # e.g. "dog"
     instance_prompt: str | None = None  # DreamBooth: train on this prompt instead of the captions
     repeats: int | None = Field(None, ge=1)  # override the folder's N_ repeats
+    # masked loss (training/masks.py): None = on when NAME.mask.png files are beside the images; true adds alpha
+    masked_loss: bool | None = None
+    face_loss_weight: float = Field(1.0, ge=0, le=100)  # × the loss in NAME.face.mask.png's region (align step)
 
     # network (training/adapters.py): lora is peft's LoRA on target_modules; the others are LyCORIS's
     network: Literal["lora", "locon", "loha", "lokr", "dora"] = "lora"

@@ -23,6 +23,7 @@ from training import data as D
 from training import distributed
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
+from training.masks import LossMasks, weighted_mse
 from training.models import load_base_model
 from training.vae import swap_vae
 
@@ -76,8 +77,10 @@ def sdxl_time_ids(examples: list[D.Example], bucket: tuple[int, int], device) ->
 
 
 def diffusion_loss(model, unet, scheduler, config: TrainConfig, latents, prompts, examples, bucket,
-                   generators: list[torch.Generator], device, autocast) -> torch.Tensor:
-    """Noise the latents at random timesteps, predict, and return the (min-SNR-weighted) MSE.
+                   generators: list[torch.Generator], device, autocast, weights=None) -> torch.Tensor:
+    """Noise the latents at random timesteps, predict, and return the (mask- and min-SNR-weighted) MSE.
+
+    weights: (B, 1, h, w) per-latent-cell loss weights (training/masks.py), None for none.
 
     generators: one per sample (its noise, offset and timestep), so a sample's draws do not depend on the batch.
     """
@@ -96,13 +99,13 @@ def diffusion_loss(model, unet, scheduler, config: TrainConfig, latents, prompts
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": sdxl_time_ids(examples, bucket, device)}
         pred = unet(noisy, timesteps, hidden, **kwargs).sample
     target = scheduler.get_velocity(latents, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" else noise
+    loss = weighted_mse(pred, target, weights)
     if config.snr_gamma is None:
-        return F.mse_loss(pred.float(), target.float())
+        return loss.mean()
     snr = compute_snr(scheduler, timesteps)
-    weights = torch.stack([snr, config.snr_gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
-    weights = weights / snr if scheduler.config.prediction_type == "epsilon" else weights / (snr + 1)
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
-    return (loss * weights).mean()
+    snr_weights = torch.stack([snr, config.snr_gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    snr_weights = snr_weights / snr if scheduler.config.prediction_type == "epsilon" else snr_weights / (snr + 1)
+    return (loss * snr_weights).mean()
 
 
 def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, dataset: dict[str, Any] | None = None,
@@ -182,6 +185,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         buckets = {i: (config.resolution, config.resolution) for i in range(len(examples))}
     latents_cache = D.LatentCache(Path(cache_dir) / "latents", vae, chosen_vae.sha256 if chosen_vae else model.sha256,
                                   device, torch.float32)
+    loss_masks = LossMasks(config, examples, Path(data_dir), Path(cache_dir) / "latents", log)
     global_batch = config.train_batch_size * processes.count
     epoch_length = len(D.epoch_batches(examples, buckets, global_batch, config.seed, 0))
     class_examples: list[D.Example] = []
@@ -266,7 +270,9 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             prompts = [D.build_caption(e.caption, config, r) for e, r in zip(batch, rngs)]
             if method is not None:
                 prompts = [method.prompt(p) for p in prompts]
-            loss = diffusion_loss(model, unet, scheduler, config, latents, prompts, batch, bucket, generators, device, autocast)
+            weights = loss_masks.weights(batch, bucket, tuple(latents.shape[-2:]))
+            loss = diffusion_loss(model, unet, scheduler, config, latents, prompts, batch, bucket, generators, device,
+                                  autocast, weights)
             if class_examples:
                 chosen = [class_examples[(index * len(ids) + j) % len(class_examples)] for j in mine]
                 size = (config.resolution, config.resolution)
@@ -328,7 +334,8 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device, autocast)
     outputs = method.export(output_dir, dataset, started_at) if method is not None else {}
     if method is None or config.uses_lora:  # pivotal tuning writes the embedding and the LoRA
-        outputs.update(export_outputs(config, model, examples, output_dir, dataset, started_at, trained))
+        outputs.update(export_outputs(config, model, examples, output_dir, dataset, started_at, trained,
+                                      loss_masks.metadata()))
     if chosen_vae:
         outputs["vae"] = chosen_vae.record()
     outputs["samples"] = samples
@@ -341,6 +348,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         "images": len(examples), "device": device.type, "processes": processes.count, "global_batch_size": global_batch,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "latent_cache": {"hits": latents_cache.hits, "misses": latents_cache.misses}, "notes": notes,
+        "masked_loss": loss_masks.summary(),
     }
     if writer:
         writer.close()
@@ -374,7 +382,7 @@ def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, d
 
 
 def export_outputs(config: TrainConfig, model, examples, output_dir: Path, dataset: dict, started_at: str,
-                   trained: dict[str, torch.nn.Module]) -> dict:
+                   trained: dict[str, torch.nn.Module], extra_metadata: dict[str, str] | None = None) -> dict:
     from training import adapters, export
 
     pipe = model.pipeline
@@ -382,6 +390,7 @@ def export_outputs(config: TrainConfig, model, examples, output_dir: Path, datas
     if config.uses_lora:
         meta = export.kohya_metadata(config, model.family, model.sha256, dataset, examples,
                                      D.tag_frequency(examples), started_at)
+        meta.update(extra_metadata or {})  # ss_masked_loss
         name = f"{dataset.get('name', 'lora')}-v{dataset.get('version', 0)}.safetensors"
         if adapters.is_lycoris(trained):  # LoCon/LoHa/LoKr/DoRA: one LyCORIS-layout file, which diffusers reads too
             outputs["lora"] = adapters.save_network_kohya(output_dir / name, trained, model.family, pipe.unet, meta)
