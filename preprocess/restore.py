@@ -1,7 +1,7 @@
 """Step "restore": GFPGAN or CodeFormer on each detected face, pasted back with a feathered mask.
 
 Faces come from the align step (item.meta["faces"]) or, when it did not run, from the same
-detectors. Each face is warped by its 5 landmarks onto the 512 px FFHQ template (what GFPGAN and
+detector chain as align (RetinaFace when its weights are present, else yuface → dlib HOG → cascade). Each face is warped by its 5 landmarks onto the 512 px FFHQ template (what GFPGAN and
 CodeFormer were trained on), restored, and warped back. An image without faces passes through
 untouched (StepOutput.image is None). There is no fallback: a missing model is an error naming
 the path to put it at.
@@ -32,7 +32,7 @@ class RestoreParams(BaseModel):
     fidelity: float = Field(0.7, ge=0, le=1)  # CodeFormer's w: 0 = most restored, 1 = closest to the input
     blend: float = Field(1.0, ge=0, le=1)  # share of the restored face in the pasted result
     detector: str = "retinaface-resnet50"  # used only when the item carries no faces from "align"
-    detector_fallback: Literal["opencv-cascade", "none"] = "opencv-cascade"
+    detector_fallback: Literal["auto", "yuface", "dlib-hog", "opencv-cascade", "none"] = "auto"  # align's chain
     max_faces: int = Field(8, ge=1)
     min_face_px: int = Field(12, ge=1)  # smaller faces are left alone
 
@@ -80,7 +80,7 @@ def restore_faces(rgb: np.ndarray, faces: list[Face], restore_face, blend: float
     return np.clip(result + 0.5, 0, 255).astype(np.uint8), done
 
 
-@register("restore", params=RestoreParams)
+@register("restore", params=RestoreParams, version=2)  # 2: yuface/dlib before the cascade
 def load_restore(params: dict, registry) -> LoadedStep:
     """Load GFPGAN or CodeFormer (spandrel, safe weights) and, for items without faces, a detector."""
     import torch

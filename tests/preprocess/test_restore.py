@@ -58,7 +58,16 @@ def test_gfpgan_restores_the_face_and_leaves_the_rest(atelier_env, messi, gfpgan
     assert_only_the_face_changed(image, out.image, align_meta["main_face"]["box"])
     # an image without faces passes through untouched (its own detection finds none)
     fish = step.run([Item(image=load_image_file(photos / "HappyFish.jpg").image)])[0]
-    assert fish.image is None and fish.meta["faces_restored"] == 0 and fish.meta["faces_from"] == "opencv-cascade"
+    assert fish.image is None and fish.meta["faces_restored"] == 0 and fish.meta["faces_from"] == "yuface"
+
+
+def test_without_align_it_detects_with_the_align_chain(atelier_env, gfpgan_file, photos):
+    """No RetinaFace weights: yuface (then dlib HOG, then the cascade) finds the face, as in align."""
+    step = load_step("restore", {"model": str(gfpgan_file)}, load_registry())
+    out = step.run([Item(image=load_image_file(photos / "messi5.jpg").image)])[0]
+    assert out.meta["faces_from"] == "yuface" and out.meta["faces_restored"] >= 1
+    cascade = load_step("restore", {"model": str(gfpgan_file), "detector_fallback": "opencv-cascade"}, load_registry())
+    assert cascade.run([Item(image=load_image_file(photos / "HappyFish.jpg").image)])[0].meta["faces_from"] == "opencv-cascade"
 
 
 @pytest.mark.slow
