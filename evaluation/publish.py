@@ -30,6 +30,7 @@ def publish_file(source: Path, target: Path) -> Path:
     handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
+            os.fchmod(out.fileno(), 0o644)  # mkstemp makes 0600: ComfyUI or A1111 may run as another user
             shutil.copyfileobj(src, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())

@@ -144,7 +144,16 @@ def merge(
             if not vae.exists():
                 raise MergeError(f"--vae: {vae}: no such file or folder")
             state, summary["vae_bake"] = bake_vae(state, vae)
-        save_checkpoint_file(state, dump_path)
+        if dump_path.suffix == ".safetensors":  # modelspec.* as sd-scripts' merge writes it, hash filled after
+            from training.export import share_path
+            from training.metadata import fill_hash_sha256, merge_metadata
+
+            inputs = [p for p in (model_a, model_b, lora) if p is not None]
+            save_checkpoint_file(state, dump_path, merge_metadata(list(state), dump_path.stem, inputs, summary))
+            summary["hash_sha256"] = fill_hash_sha256(dump_path)
+            share_path(dump_path)
+        else:
+            save_checkpoint_file(state, dump_path)
     except (MergeError, UnsafeWeights, OSError, ValueError) as error:
         fail(str(error))
     summary["dump_path"] = str(dump_path)

@@ -155,7 +155,7 @@ def stage_run(store: Store, run_id: int) -> Path:
         _finish(store, run_id, status="failed", error=f"export of {dataset}@{number} failed: {error}")
         raise
     job = {"config": cfg, "data_dir": str(output_dir / "data"), "output_dir": str(output_dir),
-           "dataset": {"name": dataset, "version": number, "manifest_sha256": export["manifest_sha256"]},
+           "dataset": {"name": dataset, "version": number, "manifest_sha256": export["manifest_sha256"], "run_id": run_id},
            "cache_dir": str(store.settings.cache_dir), "base_model_path": str(base.path), "base_model_hash": base.sha256}
     (output_dir / "job.json").write_text(json.dumps(job, indent=2))
     return output_dir

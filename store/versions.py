@@ -232,6 +232,8 @@ def export_version(store: Store, dataset: str, number: int | None, fmt: str, out
         summary = {"dataset": dataset, "version": version.number, "format": fmt, "images": len(entries),
                    "manifest_sha256": version.manifest_sha256, "folder": folder if fmt == "kohya" else None}
         (staging / "atelier.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    for item in (staging, *staging.rglob("*")):  # mkdtemp makes 0700: trainers may run as another user
+        item.chmod(0o755 if item.is_dir() else 0o644)
     if out.exists():
         shutil.rmtree(out)
     staging.replace(out)

@@ -137,7 +137,11 @@ def save_network_kohya(path: Path, trained: dict[str, torch.nn.Module], family: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(kohya_state(trained, family, unet), str(tmp), metadata=metadata)
+    from training.metadata import lora_hashes
+
+    state = kohya_state(trained, family, unet)
+    save_file(state, str(tmp), metadata={**metadata, **lora_hashes(state, metadata)})  # sshs_* as sd-scripts
+    tmp.chmod(0o644)
     tmp.replace(path)
     return {"path": str(path), "sha256": sha256_file(path)}
 

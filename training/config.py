@@ -140,7 +140,10 @@ class TrainConfig(AestheticOptions):  # aesthetic_*: aesthetic gradients for val
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
-    use_8bit_adam: bool = False  # used when bitsandbytes is importable (and on CUDA); else AdamW with a note
+    # training/optimizers.py: the class of each and its ss_optimizer name; adam_* apply where they mean something
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion"] = "adamw"
+    optimizer_args: dict[str, float | int | bool | str | list[float]] = {}  # extra keyword arguments (kohya's --optimizer_args)
+    use_8bit_adam: bool = False  # the older spelling of optimizer: adamw8bit
     max_grad_norm: float = 1.0
     snr_gamma: float | None = None  # min-SNR-γ weighting (5.0 is the paper's value)
     noise_offset: float = Field(0.0, ge=0)

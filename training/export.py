@@ -10,15 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
-
-from training.adapters import network_metadata
-
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
 
 
 def sha256_file(path: Path) -> str:
@@ -86,93 +80,92 @@ def to_kohya(layers: dict[str, torch.Tensor], alpha: float, family: str,
     return out
 
 
-def kohya_metadata(config, family: str, base_model_hash: str, dataset: dict[str, Any], examples: list,
-                   tag_frequency: dict, started_at: str, resolution: tuple[int, int] | None = None) -> dict[str, str]:
-    """ss_* and modelspec.* header entries, all strings (nested values as JSON)."""
-    dirs = {}
-    for example in examples:
-        entry = dirs.setdefault(example.folder, {"n_repeats": example.repeats, "img_count": 0})
-        entry["img_count"] += 1
-    res = resolution or (config.resolution, config.resolution)
-    title = f"{dataset.get('name', 'atelier')}@{dataset.get('version', '?')}"
-    meta = {
-        "ss_v2": str(family == "sd2"),
-        "ss_base_model_version": BASE_MODEL_VERSION[family],
-        **network_metadata(config),  # ss_network_module, _dim, _alpha, _args (training/adapters.py)
-        "ss_sd_model_name": Path(config.base_model).name,
-        "ss_sd_model_hash": base_model_hash[:8],
-        "ss_new_sd_model_hash": base_model_hash,
-        "ss_tag_frequency": json.dumps(tag_frequency),
-        "ss_dataset_dirs": json.dumps(dirs),
-        "ss_num_train_images": str(sum(e.repeats for e in examples)),
-        "ss_learning_rate": str(config.learning_rate),
-        "ss_text_encoder_lr": str(config.text_encoder_lr or config.learning_rate),
-        "ss_unet_lr": str(config.learning_rate),
-        "ss_max_train_steps": str(config.max_train_steps),
-        "ss_batch_size_per_device": str(config.train_batch_size),
-        # as sd-scripts counts it: per device × processes × accumulation steps (one optimizer step's samples)
-        "ss_total_batch_size": str(config.train_batch_size * config.num_processes * config.gradient_accumulation_steps),
-        "atelier_num_processes": str(config.num_processes),
-        "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
-        "ss_lr_scheduler": config.lr_scheduler,
-        "ss_lr_warmup_steps": str(config.lr_warmup_steps),
-        "ss_min_snr_gamma": str(config.snr_gamma),
-        "ss_noise_offset": str(config.noise_offset),
-        "ss_keep_tokens": str(config.caption.keep_tokens),
-        "ss_shuffle_caption": str(config.caption.shuffle_tags),
-        "ss_caption_dropout_rate": str(config.caption.caption_dropout_rate),
-        "ss_mixed_precision": config.mixed_precision,
-        "ss_resolution": f"({res[0]}, {res[1]})",
-        "ss_enable_bucket": str(config.enable_bucket),
-        "ss_seed": str(config.seed),
-        "ss_training_started_at": started_at,
-        "ss_output_name": title,
-        "atelier_dataset": dataset.get("name", ""),
-        "atelier_dataset_version": str(dataset.get("version", "")),
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{MODELSPEC_ARCH[family]}/lora",
-        "modelspec.implementation": "https://github.com/huggingface/diffusers",
-        "modelspec.title": title,
-        "modelspec.resolution": f"{res[0]}x{res[1]}",
-        "modelspec.date": started_at,
-    }
-    if config.identifier or config.class_word:
-        meta["modelspec.trigger_phrase"] = " ".join(p for p in (config.identifier, config.class_word) if p)
-    if config.method == "textual_inversion":  # pivotal tuning: the LoRA goes with the embedding's word
-        meta["modelspec.trigger_phrase"] = config.textual_inversion.placeholder_token
-    return meta
+def share_readable(outputs) -> None:
+    """Files 0644 and folders 0755 for every path in a run's outputs (a file, a folder, or nested dicts of them).
+
+    Weights are read by services running as other users (ComfyUI, A1111), and temporary-file helpers
+    create 0600 files; this leaves the owner's write bit and gives everyone else read access.
+    """
+    if isinstance(outputs, dict):
+        for key, value in outputs.items():
+            if key == "path" and isinstance(value, str):
+                share_path(Path(value))
+            else:
+                share_readable(value)
+    elif isinstance(outputs, list):
+        for value in outputs:
+            share_readable(value)
+
+
+def share_path(path: Path) -> None:
+    path = Path(path)
+    if path.is_dir():
+        path.chmod(0o755)
+        for item in path.rglob("*"):
+            item.chmod(0o755 if item.is_dir() else 0o644)
+    elif path.is_file():
+        path.chmod(0o644)
 
 
 def save_lora_kohya(path: Path, layers: dict[str, torch.Tensor], alpha: float, family: str,
                     metadata: dict[str, str], unet_config: dict | None = None) -> dict[str, str]:
+    """The kohya file, with sd-scripts' sshs_* hashes and modelspec.hash_sha256 of its own tensors; mode 0644."""
+    from training.metadata import lora_hashes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(to_kohya(layers, alpha, family, unet_config), str(tmp), metadata=metadata)
+    tensors = to_kohya(layers, alpha, family, unet_config)
+    save_file(tensors, str(tmp), metadata={**metadata, **lora_hashes(tensors, metadata)})
+    tmp.chmod(0o644)
     tmp.replace(path)
     return {"path": str(path), "sha256": sha256_file(path)}
+
+
+def peft_layout(layers: dict[str, torch.Tensor], alpha: float, rank: int) -> dict[str, torch.Tensor]:
+    """peft LoRA weights as every diffusers loads them at the trained strength, text encoders in either transformers.
+
+    diffusers reads no lora_alpha beside peft keys (it takes alpha = rank, scale 1), so the scale
+    alpha/rank is baked into lora_B. Text-encoder keys keep CLIPTextModel's `text_model.` level:
+    transformers 4.x needs it, and diffusers ≥ 0.36 strips it for transformers 5's flattened model.
+    """
+    scale = float(alpha) / rank
+    out = {}
+    for key, value in layers.items():
+        value = value.detach().float().cpu()
+        if ".lora_B." in key:
+            value = value * scale
+        head, _, rest = key.partition(".")
+        if head.startswith("text_encoder") and not rest.startswith("text_model."):
+            key = f"{head}.text_model.{rest}"
+        out[key] = value.contiguous()
+    return out
 
 
 def save_lora_peft(folder: Path, pipeline_cls, layers: dict[str, torch.Tensor], alpha: float, rank: int) -> dict[str, str]:
     """diffusers layout (`pytorch_lora_weights.safetensors`, peft keys) that `load_lora_weights(folder)` reads."""
     folder = Path(folder)
     groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in layers.items():
+    for key, value in peft_layout(layers, alpha, rank).items():
         head, _, rest = key.partition(".")
-        groups.setdefault(head, {})[rest] = value.detach().cpu().contiguous()
+        groups.setdefault(head, {})[rest] = value
     kwargs = {"unet_lora_layers": groups.get("unet")}
     if "text_encoder" in groups:
         kwargs["text_encoder_lora_layers"] = groups["text_encoder"]
     if "text_encoder_2" in groups:
         kwargs["text_encoder_2_lora_layers"] = groups["text_encoder_2"]
     pipeline_cls.save_lora_weights(folder, safe_serialization=True, **kwargs)
-    (folder / "lora_config.json").write_text(json.dumps({"rank": rank, "lora_alpha": alpha}))
+    # what was trained; the weights already carry alpha/rank, so a loader must use lora_alpha = rank
+    (folder / "lora_config.json").write_text(json.dumps({"rank": rank, "lora_alpha": rank, "trained_lora_alpha": alpha,
+                                                         "alpha_baked_into_lora_B": alpha / rank}))
+    share_path(folder)
     return {"path": str(folder), "sha256": sha256_folder(folder)}
 
 
 def save_dreambooth(folder: Path, pipeline, family: str) -> dict[str, dict[str, str]]:
     """The fine-tuned pipeline as a diffusers folder, and (SD 1.x) an LDM single-file checkpoint."""
     from training.ldm_keys import pipeline_to_ldm
+    from training.metadata import modelspec_architecture, modelspec_implementation
 
     folder = Path(folder)
     pipeline.save_pretrained(folder / "pipeline", safe_serialization=True)
@@ -180,7 +173,10 @@ def save_dreambooth(folder: Path, pipeline, family: str) -> dict[str, dict[str, 
     if family == "sd1":  # SD 2.x and SDXL keep OpenCLIP in their single files: that layout is not written yet
         path = folder / "model.safetensors"
         state = pipeline_to_ldm(pipeline.unet, pipeline.vae, pipeline.text_encoder)
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(path),
-                  metadata={"modelspec.architecture": MODELSPEC_ARCH[family], "modelspec.sai_model_spec": "1.0.0"})
+        v_prediction = pipeline.scheduler.config.get("prediction_type") == "v_prediction"
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(path), metadata={
+            "modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": modelspec_architecture(family, v_prediction),
+            "modelspec.implementation": modelspec_implementation(family, "checkpoint"),
+            "modelspec.prediction_type": "v" if v_prediction else "epsilon"})
         outputs["checkpoint"] = {"path": str(path), "sha256": sha256_file(path)}
     return outputs

@@ -81,4 +81,20 @@ def load_base_model(name_or_path: str, config_folder: str | None = None, family:
         kwargs = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
         pipe = cls.from_single_file(str(path), config=str(config_path), local_files_only=True, **kwargs)
     pipe.set_progress_bar_config(disable=True)
+    to_float32(pipe)
     return BaseModel(family, pipe, path, resolved.sha256)
+
+
+def to_float32(pipe) -> None:
+    """Every module of the pipeline in float32, whatever dtype its files hold.
+
+    A folder saved in fp16 loads as fp16 (transformers 5 keeps the saved dtype), and CPU matmuls
+    refuse fp16 text-encoder outputs against fp32 LoRA weights; on a GPU, training.train casts the
+    frozen parts to the mixed-precision dtype itself.
+    """
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module) and \
+                any(p.is_floating_point() and p.dtype != torch.float32 for p in component.parameters()):
+            component.to(torch.float32)

@@ -14,11 +14,15 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    from training.determinism import pin_environment, pin_torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    pin_environment()  # before torch loads MKL (training/determinism.py)
     if len(argv) != 1:
         print("usage: python -m training.run JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[0]).read_text())
+    pin_torch()
     from training.config import validate_config
     from training.train import run_training
 

@@ -20,11 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from training import data as D
-from training import distributed
+from training import determinism, distributed
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
+from training.export import share_readable
 from training.masks import LossMasks, weighted_mse
+from training.metadata import RunFacts, epochs_spanned
 from training.models import load_base_model
+from training.optimizers import build_optimizer
 from training.vae import swap_vae
 
 
@@ -216,16 +219,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
             lr = config.text_encoder_lr if name.startswith("text_encoder") and config.text_encoder_lr else config.learning_rate
             groups.append({"params": [p for p in module.parameters() if p.requires_grad], "lr": lr})
     groups = [g for g in groups if g["params"]]  # textual inversion / hypernetwork leave the UNet frozen
-    optimizer_cls = torch.optim.AdamW
-    if config.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-
-            optimizer_cls = bnb.optim.AdamW8bit if device.type == "cuda" else torch.optim.AdamW
-        except ImportError:
-            notes.append("use_8bit_adam: bitsandbytes is not installed; using torch AdamW")
-    optimizer = optimizer_cls(groups, betas=(config.adam_beta1, config.adam_beta2),
-                              weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    optimizer, optimizer_name = build_optimizer(config, groups, notes)  # training/optimizers.py
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
     scaler = torch.amp.GradScaler(device.type) if weight_dtype == torch.float16 else None
@@ -334,8 +328,15 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         samples += validation_samples(pipe, config, output_dir, config.max_train_steps, device, autocast)
     outputs = method.export(output_dir, dataset, started_at) if method is not None else {}
     if method is None or config.uses_lora:  # pivotal tuning writes the embedding and the LoRA
-        outputs.update(export_outputs(config, model, examples, output_dir, dataset, started_at, trained,
+        accumulated = config.max_train_steps * config.gradient_accumulation_steps
+        facts = RunFacts(datetime.fromisoformat(started_at).timestamp(), config.max_train_steps,
+                         epochs_spanned(config.max_train_steps, config.gradient_accumulation_steps, epoch_length),
+                         (accumulated - 1) // epoch_length + 1, epoch_length, optimizer_name,
+                         {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weight_dtype, "no"), buckets,
+                         bucket_list if config.enable_bucket else [], len(class_examples), dataset.get("run_id"))
+        outputs.update(export_outputs(config, model, examples, output_dir, dataset, facts, trained, chosen_vae,
                                       loss_masks.metadata()))
+    share_readable(outputs)  # mode 0644: ComfyUI or A1111 running as another user reads them
     if chosen_vae:
         outputs["vae"] = chosen_vae.record()
     outputs["samples"] = samples
@@ -349,6 +350,7 @@ def run_training(config: TrainConfig, data_dir: Path, output_dir: Path, *, datas
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "latent_cache": {"hits": latents_cache.hits, "misses": latents_cache.misses}, "notes": notes,
         "masked_loss": loss_masks.summary(),
+        "optimizer": optimizer_name, "determinism": determinism.current(),
     }
     if writer:
         writer.close()
@@ -381,17 +383,20 @@ def validation_samples(pipe, config: TrainConfig, output_dir: Path, step: int, d
     return rows
 
 
-def export_outputs(config: TrainConfig, model, examples, output_dir: Path, dataset: dict, started_at: str,
-                   trained: dict[str, torch.nn.Module], extra_metadata: dict[str, str] | None = None) -> dict:
+def export_outputs(config: TrainConfig, model, examples, output_dir: Path, dataset: dict, facts: RunFacts,
+                   trained: dict[str, torch.nn.Module], chosen_vae=None,
+                   extra_metadata: dict[str, str] | None = None) -> dict:
     from training import adapters, export
+    from training.metadata import lora_metadata
 
     pipe = model.pipeline
     outputs: dict[str, Any] = {}
     if config.uses_lora:
-        meta = export.kohya_metadata(config, model.family, model.sha256, dataset, examples,
-                                     D.tag_frequency(examples), started_at)
+        meta = lora_metadata(config, model.family, model.path, model.sha256, dataset, examples, D.tag_frequency(examples),
+                             facts, v_prediction=pipe.scheduler.config.get("prediction_type") == "v_prediction",
+                             vae=chosen_vae)
         meta.update(extra_metadata or {})  # ss_masked_loss
-        name = f"{dataset.get('name', 'lora')}-v{dataset.get('version', 0)}.safetensors"
+        name = f"{meta['ss_output_name']}.safetensors"  # unique per run: A1111 lists LoRAs by this name
         if adapters.is_lycoris(trained):  # LoCon/LoHa/LoKr/DoRA: one LyCORIS-layout file, which diffusers reads too
             outputs["lora"] = adapters.save_network_kohya(output_dir / name, trained, model.family, pipe.unet, meta)
             return outputs

@@ -99,6 +99,16 @@ def test_kohya_export_gives_uncaptioned_members_the_trigger_words(store, dataset
         {"10_sks person": {"football": 1, "1boy": 1, "sks person": 3}}
 
 
+
+def test_exported_folder_is_readable_by_other_users(store, dataset, tmp_path):
+    """A trainer running as another user reads the export (tempfile.mkdtemp alone leaves it 0700)."""
+    commit_version(store, dataset, "v1")
+    export_version(store, dataset, 1, "kohya", tmp_path / "k")
+    items = [tmp_path / "k", *(tmp_path / "k").rglob("*")]
+    assert {oct(p.stat().st_mode & 0o777) for p in items if p.is_dir()} == {"0o755"}
+    assert {oct(p.stat().st_mode & 0o777) for p in items if p.is_file()} == {"0o644"}
+
+
 def test_imagefolder_export_writes_metadata_jsonl(store, dataset, tmp_path):
     commit_version(store, dataset, "v1")
     export_version(store, dataset, 1, "imagefolder", tmp_path / "hf")

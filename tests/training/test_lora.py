@@ -3,6 +3,7 @@
 import json
 import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +35,8 @@ def test_kohya_keys_and_metadata_are_what_a1111_and_comfyui_read(lora_run):
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0" and meta["ss_v2"] == "False"
     assert json.loads(meta["ss_tag_frequency"])["3_sks dog"]["sks dog"] == 3
     assert json.loads(meta["ss_dataset_dirs"]) == {"3_sks dog": {"n_repeats": 3, "img_count": 3}}
-    assert meta["modelspec.title"] == "dogs@1" and meta["ss_seed"] == "0"
+    assert meta["modelspec.title"] == meta["ss_output_name"] == Path(path).stem and meta["ss_seed"] == "0"
+    assert meta["ss_output_name"].startswith("dogs-v1-")  # plus the start time: no two runs share an A1111 alias
 
 
 def test_run_records_metrics_samples_and_tensorboard(lora_run):
@@ -65,6 +67,46 @@ def test_saved_lora_loads_in_diffusers_and_changes_the_output(lora_run, tiny_sd_
     assert abs(image(pipe) - before).max() < 1e-6
     pipe.load_lora_weights(lora_run["result"]["outputs"]["lora_peft"]["path"])  # the diffusers/peft layout
     assert abs(image(pipe) - with_kohya).max() < 2e-2  # same weights (the kohya file is fp16)
+
+
+def test_peft_folder_changes_unet_and_text_encoder_by_what_the_kohya_file_does(lora_run, tiny_sd_dir):
+    """alpha 2, rank 4: both layouts load at scale 0.5 (the peft folder once loaded at 1.0, twice the trained strength)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, local_files_only=True)
+    ids = pipe.tokenizer(["sks dog, football"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    latents = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def outputs():
+        hidden = pipe.text_encoder(ids)[0]
+        return hidden, pipe.unet(latents, torch.tensor([500]), hidden).sample
+
+    base = outputs()
+    pipe.load_lora_weights(lora_run["result"]["outputs"]["lora"]["path"])
+    kohya = outputs()
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(lora_run["result"]["outputs"]["lora_peft"]["path"])
+    peft = outputs()
+    for name, b, k, p in zip(("text encoder", "unet"), base, kohya, peft):
+        kohya_delta, peft_delta = k - b, p - b
+        assert kohya_delta.abs().max() > 1e-5, name  # the LoRA does something
+        ratio = peft_delta.norm() / kohya_delta.norm()
+        assert 0.98 < ratio < 1.02, f"{name}: the peft folder changes the output {ratio:.3f}× as much"
+        assert (peft_delta - kohya_delta).norm() < 0.02 * kohya_delta.norm(), name  # fp16 rounding of the kohya file
+
+
+def test_peft_folder_keeps_the_text_model_level_that_transformers_4_needs(lora_run):
+    """diffusers 0.32 + transformers 4.x look up `text_encoder.text_model.encoder…`; diffusers ≥ 0.36 strips it."""
+    from safetensors import safe_open
+
+    folder = Path(lora_run["result"]["outputs"]["lora_peft"]["path"])
+    with safe_open(str(folder / "pytorch_lora_weights.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    text = [k for k in keys if k.startswith("text_encoder.")]
+    assert text and all(k.startswith("text_encoder.text_model.encoder.layers.") for k in text)
+    assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight" in keys
+    assert any(k.startswith("unet.down_blocks.1.attentions.0.") for k in keys)
 
 
 def test_loss_falls_over_50_steps_on_one_image(tiny_sd_dir, photos, tmp_path):
