@@ -1,6 +1,10 @@
 """Dashboard server time at scale: 100k images, 2M tags, on SQLite and PostgreSQL.
 
     .venv/bin/python bench/dashboard.py [--images 100000] [--tags-per-image 20] [--db sqlite|postgres|both]
+    .venv/bin/python bench/dashboard.py --concurrency 20 [--workers 1,4] [--images 1500] [--db both]
+
+With --concurrency N: N clients at once against `atelier serve --workers W` for each W (bench/concurrency.py),
+p50/p95 of the grid page and the members API as the clients see them. Target: p95 ≤ 150 ms.
 
 Seeds a fresh store with bulk inserts (COPY on PostgreSQL), then reports p50/p95 of the app's own
 time (its Server-Timing header) for the grid page without and with tag filters, the image view,
@@ -30,6 +34,7 @@ from store.models import Dataset, Image, Member, Score, Tag, User  # noqa: E402
 from store.settings import Settings  # noqa: E402
 from store.users import hash_password  # noqa: E402
 from tests.postgres_cluster import throwaway_postgres  # noqa: E402
+from bench.concurrency import run_concurrency  # noqa: E402
 
 PASSWORD = "bench password"
 TARGET_MS = 150.0
@@ -147,13 +152,48 @@ def run(url: str, label: str, images: int, tags_per_image: int, repeats: int) ->
     return results
 
 
+def concurrent(url: str, label: str, args) -> list[tuple]:
+    home = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
+    store = Store(Settings(home=home, database_url=url, blobs_url=str(home / "blobs"), models_dir=home / "models"))
+    seed(store, args.images, args.tags_per_image)
+    store.dispose()
+    pages = max(1, args.images // 48)
+    workers = [int(w) for w in args.workers.split(",")]
+    try:
+        return run_concurrency(home, url, label, PASSWORD, args.concurrency, workers, args.requests, pages)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main_concurrency(args) -> None:
+    results = []
+    if args.db in ("sqlite", "both"):
+        path = Path(tempfile.mkdtemp(prefix="atelier-bench-db-")) / "atelier.db"
+        results += concurrent(f"sqlite:///{path}", "sqlite", args)
+    if args.db in ("postgres", "both"):
+        with throwaway_postgres() as server:
+            results += concurrent(f"{server}/postgres", "postgres", args)
+    print(f"\nsummary: {args.concurrency} concurrent clients, {args.images:,} images × {args.tags_per_image} tags, "
+          f"client-side latency (ms; target p95 ≤ {TARGET_MS:.0f} ms)")
+    for label, w, name, p50, p95 in results:
+        print(f"  {label:9} workers {w}  {name:12} p50 {p50:7.1f}  p95 {p95:7.1f}  "
+              f"{'meets' if p95 <= TARGET_MS else 'misses'} the target")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--images", type=int, default=None, help="default 100000 (1500 with --concurrency)")
     parser.add_argument("--tags-per-image", type=int, default=20)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=0, help="N clients at once against atelier serve")
+    parser.add_argument("--workers", default="1,4", help="with --concurrency: uvicorn worker counts to compare")
+    parser.add_argument("--requests", type=int, default=40, help="with --concurrency: requests per client")
     args = parser.parse_args()
+    if args.concurrency:
+        args.images = args.images or 1500
+        return main_concurrency(args)
+    args.images = args.images or 100_000
     results = []
     if args.db in ("sqlite", "both"):
         path = Path(tempfile.mkdtemp(prefix="atelier-bench-db-")) / "atelier.db"

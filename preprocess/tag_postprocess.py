@@ -1,8 +1,12 @@
 """From a tagger's raw (tag, confidence, category) scores to the tag list a curator expects.
 
 Order of work: per-category thresholds (only the most confident rating, and only above its
-threshold) → blacklist → rename map → formatting (underscores to spaces, escaped parentheses) →
+threshold) → blacklist → rename map → formatting (underscores to spaces, unescaped) →
 merge duplicates → confidence order → max tag count → trigger word first.
+
+Tags are stored as people read and type them, `star_(symbol)` or `star (symbol)`, not
+`star \(symbol\)` (unless escape_parentheses asks): the prompt-syntax escape is added only by the export that needs it
+(store.versions: kohya captions), so curators search, filter and autocomplete on the plain text.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ class TagPostProcess(BaseModel):
     character_threshold: float = Field(0.85, ge=0, le=1)
     rating_threshold: float = Field(0.5, ge=0, le=1)  # the top rating is kept only above this; 1 drops ratings
     underscores_to_spaces: bool = True
-    escape_parentheses: bool = True  # "(cosplay)" → "\(cosplay\)", so prompt weighting syntax leaves it alone
+    # stored escaped ("\(cosplay\)") only when asked; kohya exports escape parentheses themselves
+    escape_parentheses: bool = False
     blacklist: list[str] = Field(default_factory=list)  # matched before and after renaming, "_" == " "
     rename: dict[str, str] = Field(default_factory=dict)  # raw or formatted name → new name
     trigger_word: str | None = None  # DreamBooth identifier / LoRA trigger, always first
@@ -49,12 +54,12 @@ def tag_key(text: str) -> str:
 
 
 def format_tag(text: str, options: TagPostProcess) -> str:
-    """A tag as it goes into a caption: spaces for underscores (not in kaomoji), escaped parentheses."""
-    text = text.strip()
+    """A tag as it is stored: spaces for underscores (not in kaomoji), unescaped unless asked."""
+    text = text.strip().replace("\\(", "(").replace("\\)", ")")
     if options.underscores_to_spaces and text not in KAOMOJI:
         text = text.replace("_", " ")
     if options.escape_parentheses:
-        text = text.replace("\\(", "(").replace("\\)", ")").replace("(", "\\(").replace(")", "\\)")
+        text = text.replace("(", "\\(").replace(")", "\\)")
     return text
 
 

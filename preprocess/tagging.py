@@ -191,7 +191,7 @@ def load_deepdanbooru(path: Path) -> Callable[[list[Image.Image]], list[RawScore
     return infer
 
 
-@register("tag", params=TagParams)
+@register("tag", params=TagParams, version=2)  # 2: tags stored unescaped
 def load_tagger(params: dict, registry) -> LoadedStep:
     """Tag suggestions with confidences, post-processed (see preprocess.tag_postprocess)."""
     parsed: TagParams = validate_params(TagParams, params, "tag")

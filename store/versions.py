@@ -41,9 +41,18 @@ class VersionInfo:
     created_at: str
 
 
-def training_text(caption: str, tags: list[str]) -> str:
-    """What a trainer reads for an image: the caption, then the tags, comma-separated."""
-    return ", ".join(part for part in [caption.strip(), *tags] if part)
+_UNESCAPED_PAREN = re.compile(r"(?<!\\)([()])")
+
+
+def prompt_tag(text: str) -> str:
+    """A stored (plain) tag in prompt syntax: parentheses escaped, so weighting syntax leaves them alone."""
+    return _UNESCAPED_PAREN.sub(r"\\\1", text)
+
+
+def training_text(caption: str, tags: list[str], escape: bool = False) -> str:
+    """What a trainer reads for an image: the caption, then the tags, comma-separated (in prompt syntax
+    with `escape`: kohya captions, which sd-scripts and A1111-style tools read as prompts)."""
+    return ", ".join(part for part in [caption.strip(), *(map(prompt_tag, tags) if escape else tags)] if part)
 
 
 def working_manifest(session: Session, dataset_id: int) -> list[dict]:
@@ -215,7 +224,7 @@ def export_version(store: Store, dataset: str, number: int | None, fmt: str, out
                     mask_name = Path(name).stem + suffix
                     (staging / folder / mask_name).write_bytes(png)
                     mask_files[suffix.removesuffix(".mask.png").lstrip(".") or "learn"] = mask_name
-            text = training_text(entry["caption"], entry["tags"])
+            text = training_text(entry["caption"], entry["tags"], escape=fmt == "kohya")
             if fmt == "kohya":
                 # sd-scripts trains on a .txt's text as it stands: an empty one would train on '' instead of
                 # the folder's class tokens, so a member with neither caption nor tags gets those tokens

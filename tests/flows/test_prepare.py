@@ -100,7 +100,7 @@ def test_model_steps_rules_and_a_changed_parameter(photos_dataset, tiny_wd14, tm
         assert "long hair" not in tags  # 0.45 < 0.5
         # accept_above: only the confident suggestions are accepted without review
         assert tags["kaname madoka"].status == "accepted" and tags["kaname madoka"].updated_by == "auto:tag"
-        assert tags["star \\(symbol\\)"].status == "suggested"
+        assert tags["star (symbol)"].status == "suggested"
         # a curator accepts one suggestion and rejects another
         tags["1girl"].status, tags["1girl"].updated_by = "accepted", "ana"
         tags["solo"].status = "rejected"

@@ -48,7 +48,7 @@ def test_wd14_default_thresholds_per_category(registry, tiny_wd14, images):  # n
     assert len(step.model_hash) == 64
     by_text = {t.text: t for t in tags}
     # general ≥ 0.35, character ≥ 0.85, only the top rating (≥ 0.5)
-    assert {"1girl", "solo", "long hair", "star \\(symbol\\)", "^_^", "kaname madoka", "general"} <= set(by_text)
+    assert {"1girl", "solo", "long hair", "star (symbol)", "^_^", "kaname madoka", "general"} <= set(by_text)
     assert not {"outdoors", "hatsune miku", "sensitive", "questionable"} & set(by_text)
     assert by_text["kaname madoka"].category == "character" and by_text["general"].category == "rating"
     assert by_text["1girl"].confidence == pytest.approx(0.90, abs=1e-4)
@@ -100,12 +100,14 @@ def test_postprocess_rules_on_raw_scores():
            ("long hair", 0.6, "general"), ("safe", 0.4, "rating"), ("sensitive", 0.3, "rating"),
            ("cat", 0.2, "general"), ("weird", 0.99, "copyright")]
     tags = postprocess_tags(raw, TagPostProcess(general_threshold=0.5, rating_threshold=0.35, trigger_word="weird"))
-    # kaomoji keep underscores, parentheses escaped, duplicates merged at their best confidence,
+    # kaomoji keep underscores, parentheses stored plain (exports escape them), duplicates merged at their best confidence,
     # only the top rating, unknown category counts as general, trigger word first and not repeated
     assert [(t.text, t.confidence) for t in tags] == [
-        ("weird", 1.0), ("^_^", 0.9), ("hat \\(object\\)", 0.8), ("long hair", 0.7), ("safe", 0.4)]
+        ("weird", 1.0), ("^_^", 0.9), ("hat (object)", 0.8), ("long hair", 0.7), ("safe", 0.4)]
     assert [t.text for t in postprocess_tags(raw, TagPostProcess(blacklist=["long hair", "HAT_(OBJECT)"]))] == ["weird", "^_^"]
-    assert postprocess_tags([("a\\(b\\)", 0.9, "general")], TagPostProcess())[0].text == "a\\(b\\)"  # never double-escaped
+    assert postprocess_tags([("a\\(b\\)", 0.9, "general")], TagPostProcess())[0].text == "a(b)"  # stored unescaped
+    escaped = TagPostProcess(escape_parentheses=True)
+    assert postprocess_tags([("a\\(b\\)", 0.9, "general")], escaped)[0].text == "a\\(b\\)"  # never double-escaped
 
 
 def test_bad_parameters_name_the_step_and_field(registry, tiny_wd14, tmp_path):  # noqa: F811
@@ -163,7 +165,7 @@ def test_deepdanbooru_project_tags_real_photos(registry, tiny_deepdanbooru, phot
     items = [Item(images["messi5.jpg"]), Item(load_image_file(webp).image), Item(images["HappyFish.jpg"])]
     results = [o.tags for o in step.run(items)]
     categories = {t.text: t.category for t in results[0]}
-    assert categories["hatsune miku"] == "character" and categories["star \\(sky\\)"] == "general"
+    assert categories["hatsune miku"] == "character" and categories["star (sky)"] == "general"
     assert [c for c in categories.values() if c == "rating"] == ["rating"]  # one rating, the top one
     assert any(t.startswith("rating:") for t, c in categories.items() if c == "rating")
     assert len(results[0]) == 10 + 2 + 1
