@@ -98,6 +98,7 @@ def sample_run(method: str, outputs: dict[str, Any], base_model: str, base_model
                templates: list[str], preset: EvalPreset, identifier: str | None, class_word: str | None,
                on_image: Callable[[], None] | None = None) -> list[GeneratedSample]:
     """Samples of the trained model and of its base, same prompts, seeds, sampler settings and VAE."""
+    from training.adapters import load_adapter
     from training.models import load_base_model
     from training.vae import swap_vae
 
@@ -112,16 +113,14 @@ def sample_run(method: str, outputs: dict[str, Any], base_model: str, base_model
     set_scheduler(base, preset.scheduler)
     samples = generate(base, "base", templates, preset, identifier, class_word, device, on_image)
     trained = base
-    if kind == "lora":
-        base.load_lora_weights(outputs["lora"]["path"], adapter_name="trained")
-        base.set_adapters(["trained"], adapter_weights=[preset.lora_scale])
+    if kind == "lora":  # LoRA as a diffusers adapter; LoCon/LoHa/LoKr/DoRA merged in (training/adapters.py)
+        load_adapter(base, outputs["lora"]["path"], preset.lora_scale)
     elif kind == "embedding":
         from training.textual_inversion import load_into_pipeline
 
         load_into_pipeline(base, outputs["embedding"]["path"], identifier)
         if "lora" in outputs:  # pivotal tuning: the LoRA trained with the embedding
-            base.load_lora_weights(outputs["lora"]["path"], adapter_name="trained")
-            base.set_adapters(["trained"], adapter_weights=[preset.lora_scale])
+            load_adapter(base, outputs["lora"]["path"], preset.lora_scale)
     elif kind == "hypernetwork":
         from training.hypernetwork import Hypernetwork, apply_hypernetwork
 

@@ -146,6 +146,95 @@ def save_network_kohya(path: Path, trained: dict[str, torch.nn.Module], family: 
     return {"path": str(path), "sha256": sha256_file(path)}
 
 
+def save_dora_peft(folder: Path, trained: dict[str, torch.nn.Module], pipe) -> dict[str, str]:
+    """DoRA in diffusers' peft layout (`lora_A`/`lora_B`/`lora_magnitude_vector`), which `load_lora_weights(folder)`
+    applies with the magnitude — diffusers drops `dora_scale` from kohya files. alpha/rank is folded into lora_B."""
+    from training.export import sha256_folder
+
+    encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
+    where = {"lora_unet_" + p.replace(".", "_"): ("unet", p) for p, _ in pipe.unet.named_modules() if p}
+    for index, encoder in enumerate(encoders):  # LyCORIS's own names: lora_te_<path>, SDXL lora_te1_/lora_te2_
+        prefix = f"lora_te{index + 1}_" if len(encoders) > 1 else "lora_te_"
+        component = "text_encoder_2" if index else "text_encoder"
+        where.update({prefix + p.replace(".", "_"): (component, p) for p, _ in encoder.named_modules() if p})
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for part in ("unet_lycoris", "text_encoder_lycoris"):
+        for name, module in (trained[part].items() if part in trained else ()):
+            component, path = where[name]
+            down, up = module.lora_down.weight.detach().float().cpu(), module.lora_up.weight.detach().float().cpu()
+            magnitude = module.dora_scale.detach().float().cpu()
+            layers = groups.setdefault(component, {})
+            layers[f"{path}.lora_A.weight"] = down.contiguous()
+            layers[f"{path}.lora_B.weight"] = (up * float(module.alpha) / down.shape[0]).contiguous()
+            # peft: (out,) for linear, (1, out, 1, 1) for conv; transformers' CLIP wants the `.weight` form
+            key = f"{path}.lora_magnitude_vector" + (".weight" if component != "unet" else "")
+            layers[key] = (magnitude.flatten() if down.ndim == 2 else magnitude.reshape(1, -1, 1, 1)).contiguous()
+    folder = Path(folder)
+    type(pipe).save_lora_weights(folder, safe_serialization=True, unet_lora_layers=groups.get("unet"),
+                                 **{f"{c}_lora_layers": groups[c] for c in ("text_encoder", "text_encoder_2") if c in groups})
+    return {"path": str(folder), "sha256": sha256_folder(folder)}
+
+
+def pipeline_modules(pipe) -> dict[str, torch.nn.Module]:
+    """{kohya module name → the pipeline's layer}: UNet (SD: diffusers paths, SDXL: SGM paths) and text encoders."""
+    from training.ldm_keys import unet_key_to_ldm
+
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    modules = {}
+    for path, module in pipe.unet.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            try:
+                name = unet_key_to_ldm(path + ".weight", pipe.unet.config)[: -len(".weight")] if sdxl else path
+            except KeyError:  # a layer sd-scripts never targets (e.g. SDXL's add_embedding)
+                continue
+            modules["lora_unet_" + name.replace(".", "_")] = module
+    encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
+    for index, encoder in enumerate(encoders):
+        prefix = f"lora_te{index + 1}_" if len(encoders) > 1 else "lora_te_"
+        for path, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                path = path if path.startswith("text_model.") else "text_model." + path  # transformers 5 flattens CLIP
+                modules[prefix + path.replace(".", "_")] = module
+    return modules
+
+
+def is_lycoris_file(path: Path | str) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return (handle.metadata() or {}).get("ss_network_module") == "lycoris.kohya"
+
+
+@torch.no_grad()
+def merge_into_pipeline(pipe, path: Path | str, strength: float = 1.0) -> int:
+    """Merge a kohya/LyCORIS file into the pipeline's weights in place (what diffusers cannot load: LoHa, LoKr,
+    DoRA's magnitude); returns the number of layers changed. The math is training/merge.py's."""
+    from safetensors.torch import load_file
+
+    from training.merge import ADAPTER_KEYS, MergeError, adapter_delta, apply_adapter
+
+    state = load_file(str(path))
+    layers = pipeline_modules(pipe)
+    names = sorted({k.partition(".")[0] for k in state if k.partition(".")[2] in ADAPTER_KEYS})
+    if missing := [n for n in names if n not in layers]:
+        raise MergeError(f"{path}: {len(missing)} modules have no layer in this pipeline (e.g. {missing[0]})")
+    for name in names:
+        weight = layers[name].weight
+        delta = adapter_delta(state, name, weight.shape).to(weight.device)
+        dora = state.get(f"{name}.dora_scale")
+        weight.copy_(apply_adapter(weight, delta, strength, None if dora is None else dora.to(weight.device)))
+    return len(names)
+
+
+def load_adapter(pipe, path: Path | str, scale: float = 1.0, adapter_name: str = "trained") -> None:
+    """A trained adapter file into a pipeline: LoRA through diffusers (an adapter), LyCORIS kinds merged in place."""
+    if is_lycoris_file(path):
+        merge_into_pipeline(pipe, path, scale)
+        return
+    pipe.load_lora_weights(str(path), adapter_name=adapter_name)
+    pipe.set_adapters([adapter_name], adapter_weights=[scale])
+
+
 def describe(state: dict[str, Any]) -> dict[str, int]:
     """{suffix: count} of a kohya-layout state dict (e.g. {"hada_w1_a": 95, "alpha": 95}); for notes and tests."""
     counts: dict[str, int] = {}

@@ -87,27 +87,44 @@ def test_lora_keeps_networks_lora(tiny_sd_dir):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_diffusers_loads_locon_and_dora_and_refuses_loha_and_lokr(adapter_runs, tiny_sd_dir, kind):
-    """diffusers 0.42 reads kohya lora_up/down (+ resnet convs); it drops dora_scale (with a warning), and has no
-    converter for SD LoHa/LoKr keys — those load in A1111 and ComfyUI (tests/training/test_adapter_keys.py)."""
+def test_diffusers_loads_locon_and_dora_and_every_kind_merges_into_a_pipeline(adapter_runs, tiny_sd_dir, kind):
+    """diffusers 0.42 reads kohya lora_up/down (+ resnet convs) but drops dora_scale (with a warning) and has no SD
+    LoHa/LoKr converter: DoRA also gets a peft folder (lora_peft/) that diffusers applies with its magnitude, and
+    evaluation merges LyCORIS files into the pipeline (training.adapters.load_adapter). LoHa/LoKr load in A1111
+    and ComfyUI (tests/training/test_adapter_keys.py)."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
+    from training.adapters import load_adapter
 
-    def image():
+    def pipeline():
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def image(pipe):
         return pipe("sks dog", num_inference_steps=2, height=64, width=64, output_type="np",
                     generator=torch.Generator().manual_seed(0)).images[0]
 
-    before = image()
+    path, outputs = adapter_runs[kind]["path"], adapter_runs[kind]["result"]["outputs"]
+    pipe = pipeline()
+    before = image(pipe)
+    merged = pipeline()
+    load_adapter(merged, path)  # LyCORIS files: merged in place
+    with_merged = image(merged)
+    change = abs(with_merged - before).max()
+    assert change > 1e-3
     if kind in ("loha", "lokr"):
         with pytest.raises(ValueError, match="have not been correctly renamed"):
-            pipe.load_lora_weights(adapter_runs[kind]["path"])
+            pipe.load_lora_weights(path)
+        assert "lora_peft" not in outputs
         return
-    pipe.load_lora_weights(adapter_runs[kind]["path"])
-    assert abs(image() - before).max() > 1e-3
+    pipe.load_lora_weights(outputs["lora_peft"]["path"] if kind == "dora" else path)
+    assert abs(image(pipe) - with_merged).max() < 0.05 * change  # diffusers at run time = the merged weights
     pipe.unload_lora_weights()
-    assert abs(image() - before).max() < 1e-6
+    assert abs(image(pipe) - before).max() < 1e-6
+    if kind == "dora":  # the kohya file alone: diffusers keeps the low-rank part and drops the magnitude
+        pipe.load_lora_weights(path)
+        assert abs(image(pipe) - with_merged).max() > 0.1 * change
 
 
 def expected(kind, tensors, module, weight):
