@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fastapi import Request
+from datetime import date, datetime
+
+from fastapi import Request, Response
 from fastapi.templating import Jinja2Templates
 
 from dashboards.auth import csrf_token, session_user
@@ -46,3 +48,12 @@ def render(request: Request, name: str, status_code: int = 200, **context):
     context["csrf"] = csrf_token(request)
     context["prefect_ui"] = request.app.state.prefect_ui
     return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _plain_json(value):
+    return value.isoformat() if isinstance(value, (datetime, date)) else str(value)
+
+
+def json_response(data) -> Response:
+    """JSON straight from plain data: FastAPI's jsonable_encoder took ~4 ms of a 48-image grid page."""
+    return Response(json.dumps(data, default=_plain_json, ensure_ascii=False), media_type="application/json")

@@ -23,16 +23,18 @@ _lock = threading.Lock()
 
 
 def top_tags(session: Session, member_ids: list[int], n: int = CELL_TAGS) -> dict[int, list[dict[str, str]]]:
-    """The first `n` tags of each member in caption order, decided ones first; rejected ones last."""
+    """The first `n` tags of each member in caption order; rejected ones last."""
     if not member_ids:
         return {}
-    rows = session.execute(select(Tag.member_id, Tag.text, Tag.status).where(Tag.member_id.in_(member_ids))
-                           .order_by(Tag.member_id, (Tag.status == "rejected"), Tag.position, Tag.text))
+    rank = func.row_number().over(partition_by=Tag.member_id,
+                                  order_by=((Tag.status == "rejected"), Tag.position, Tag.text)).label("rank")
+    ranked = (select(Tag.member_id, Tag.text, Tag.status, rank).where(Tag.member_id.in_(member_ids))
+              .subquery())
+    rows = session.execute(select(ranked.c.member_id, ranked.c.text, ranked.c.status).where(ranked.c.rank <= n)
+                           .order_by(ranked.c.member_id, ranked.c.rank))
     out: dict[int, list[dict[str, str]]] = {}
     for member_id, text, status in rows:
-        tags = out.setdefault(member_id, [])
-        if len(tags) < n:
-            tags.append({"text": text, "status": status})
+        out.setdefault(member_id, []).append({"text": text, "status": status})
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from dashboards.auth import reader
-from dashboards.pages import render
+from dashboards.pages import json_response, render
 from store import queries, tag_counts
 from store import review as reviews
 from store.users import UserInfo
@@ -46,7 +46,7 @@ def api_datasets(request: Request, user: UserInfo = Depends(reader)):
 @router.get("/api/datasets/{dataset}/members", tags=["grid"], description=FILTER_DOC)
 def api_grid(request: Request, dataset: str, user: UserInfo = Depends(reader)):
     """One page of the dataset's members matching the filter."""
-    return grid_data(request, dataset)
+    return json_response(grid_data(request, dataset))
 
 
 @router.get("/d/{dataset}", include_in_schema=False)
