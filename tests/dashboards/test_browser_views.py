@@ -10,7 +10,7 @@ import re
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from store.models import Artifact, Image as ImageRow, Member
+from store.models import Artifact, Image as ImageRow, Member, Tag
 from tests.dashboards.browsing import logged_in, screenshot
 from tests.dashboards.test_views import sixteen_bit_png
 
@@ -137,6 +137,8 @@ def test_grid_cells_show_tags_and_caption_and_the_sidebar_filters(browser, serve
 def test_autocomplete_with_counts_and_the_caption_token_count(browser, server):
     base, store, ids = server
     fish = ids["HappyFish.jpg"]
+    with store.session() as session:  # as a booru tagger names it, stored unescaped
+        session.add(Tag(member_id=ids["MilkyWay_1080x1920.png"], text="star_(symbol)", source="model:wd14"))
     page = logged_in(browser, base, "cur1", f"/d/portraits/m/{fish}")
     page.keyboard.press("t")
     page.keyboard.type("sk")
@@ -147,6 +149,14 @@ def test_autocomplete_with_counts_and_the_caption_token_count(browser, server):
     assert page.input_value("#new-tag") == "sky"
     page.keyboard.press("Enter")  # adds it
     page.wait_for_selector('#tags li.tag.accepted[data-text="sky"]')
+    page.keyboard.press("Escape")  # out of the box, then t: into it again
+    page.keyboard.press("t")
+    page.keyboard.type("star (")  # no need to type the escapes, nor the underscore
+    page.wait_for_selector("ul.complete li:has-text('star_(symbol)')")
+    assert page.locator("ul.complete li").nth(0).inner_text().split() == ["star_(symbol)", "1"]
+    page.keyboard.press("Enter")
+    page.keyboard.press("Enter")
+    page.wait_for_selector('#tags li.tag.accepted[data-text="star_(symbol)"]')
     page.wait_for_function("() => document.getElementById('token-count').textContent.includes('/ 75 tokens')")
     assert page.locator("#token-count").inner_text().startswith("7 / 75 tokens")  # a photo : happy|fish . jpg
     page.fill("#caption", "a fish " * 40)
