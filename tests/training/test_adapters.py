@@ -192,3 +192,18 @@ def test_stop_and_resume_equals_uninterrupted(tiny_sd_dir, kohya_folder, tmp_pat
     a, b = load_file(whole["outputs"]["lora"]["path"]), load_file(resumed["outputs"]["lora"]["path"])
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["metrics"]["loss_history"] == whole["metrics"]["loss_history"]
+
+
+@pytest.mark.parametrize("kind", ["loha", "dora"])
+def test_evaluation_samples_a_lycoris_run_unlike_its_base(adapter_runs, tiny_sd_dir, kind):
+    import numpy as np
+
+    from evaluation.config import load_preset
+    from evaluation.sampling import sample_run
+
+    preset = load_preset({"prompts": ["a photo of {identifier} {class}"], "seeds": [1], "num_inference_steps": 2,
+                          "height": 64, "width": 64, "batch_size": 1, "device": "cpu"})
+    samples = sample_run("lora", adapter_runs[kind]["result"]["outputs"], str(tiny_sd_dir), None, preset.prompts,
+                         preset, "sks", "dog")
+    images = {s.model: np.asarray(s.image, dtype=np.int16) for s in samples}
+    assert set(images) == {"base", "trained"} and np.abs(images["trained"] - images["base"]).max() > 0
