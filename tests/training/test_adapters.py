@@ -72,6 +72,7 @@ def test_file_has_the_lycoris_keys_and_sd_scripts_metadata(adapter_runs, kind):
     if kind != "lokr":  # LoKr's alpha is rank where both factors are full (scale 1)
         assert tensors[f"{ATTN}.alpha"].item() == 2.0 and (kind == "dora" or tensors[f"{CONV}.alpha"].item() == 1.0)
     assert meta["ss_network_module"] == "lycoris.kohya" and meta["ss_network_dim"] == "4"
+    assert meta["sshs_model_hash"] and meta["modelspec.hash_sha256"].startswith("0x")
     assert meta["ss_network_alpha"] == "2.0"
     args = json.loads(meta["ss_network_args"])
     assert args["algo"] == {"dora": "lora"}.get(kind, kind) and all(isinstance(v, str) for v in args.values())
