@@ -1,6 +1,7 @@
 """A base model saved in fp16 trains on a CPU; the training subprocess pins what makes runs bitwise repeatable."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_fp16_diffusers_folder_trains_on_cpu(tiny_sd_dir, kohya_folder, tmp_path
             for p in m.parameters()} == {torch.float32}
     config = load_config(tiny_config(half, max_train_steps=2, train_text_encoder=True, enable_bucket=False))
     result = run_training(config, kohya_folder, tmp_path / "out", cache_dir=tmp_path / "cache", log=lambda s: None)
-    assert result["status"] == "succeeded" and all(loss == loss for loss in result["metrics"]["loss_history"])
+    assert result["status"] == "succeeded" and all(math.isfinite(loss) for loss in result["metrics"]["loss_history"])
 
 
 def test_training_subprocess_pins_mkl_and_deterministic_algorithms(tiny_sd_dir, kohya_folder, tmp_path):
@@ -41,7 +42,7 @@ def test_training_subprocess_pins_mkl_and_deterministic_algorithms(tiny_sd_dir, 
     (tmp_path / "job.json").write_text(json.dumps(job))
     env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "CUBLAS_WORKSPACE_CONFIG")}
     done = subprocess.run([sys.executable, "-m", "training.run", str(tmp_path / "job.json")], env=env,
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600)
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     pins = json.loads((tmp_path / "out" / "result.json").read_text())["metrics"]["determinism"]
     assert pins == {"MKL_CBWR": "AUTO,STRICT", "CUBLAS_WORKSPACE_CONFIG": ":4096:8",

@@ -57,6 +57,9 @@ def test_cli_train_stops_resumes_and_records_a_succeeded_run(committed, tmp_path
     assert summary["metrics"]["steps"] == 5 and len(summary["metrics"]["loss_history"]) == 5
     lora = summary["outputs"]["lora"]
     assert sha256_file(lora["path"]) == lora["sha256"]
+    # one name per run (A1111 aliases LoRAs by ss_output_name), and the subprocess ran with the determinism pins
+    assert Path(lora["path"]).name == f"dogs-v1-run{summary['run_id']}.safetensors"
+    assert summary["metrics"]["determinism"]["MKL_CBWR"] and summary["metrics"]["determinism"]["deterministic_algorithms"]
     with committed.session() as session:
         run = session.get(TrainingRun, summary["run_id"])
         assert run.method == "lora" and run.base_model == "sd15" and run.finished_at is not None and run.error is None
