@@ -119,11 +119,14 @@ def run_concurrency(home: Path, url: str, label: str, password: str, concurrency
     for w in workers:
         process, base = start_server(home, url, w)
         try:
+            alone = measure(base, password, 1, requests, pages)  # one client: the service time itself
+            load = os.getloadavg()[0]
             found = measure(base, password, concurrency, requests, pages)
         finally:
             stop_server(process)
         for name, (p50, p95) in found.items():
-            rows.append((label, w, name, p50, p95))
+            rows.append((label, w, name, p50, p95, alone[name][0], load))
             print(f"[{label}] workers {w}  {name:12} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
-                  f"({concurrency} clients × {requests} requests)", flush=True)
+                  f"({concurrency} clients × {requests} requests; one client alone p50 {alone[name][0]:.1f} ms; "
+                  f"load average {load:.1f} on {os.cpu_count()} CPUs)", flush=True)
     return rows

@@ -353,7 +353,7 @@ def _dataset_members_with(session: Session, dataset_id: int, text: str) -> list[
 
 
 def rename_tag(session: Session, dataset_id: int, old: str, new: str, user: str, *,
-               merge: bool = False, dry_run: bool = False) -> dict[str, Any]:
+               merge: bool = False, dry_run: bool = False, preview: str | None = None) -> dict[str, Any]:
     """Rename a tag everywhere in the dataset (merging into `new` where it exists) and record the rule."""
     old, new = clean_tag(old), clean_tag(new, "new tag")
     if merge and not _dataset_members_with(session, dataset_id, new):
@@ -361,13 +361,13 @@ def rename_tag(session: Session, dataset_id: int, old: str, new: str, user: str,
     ids = _dataset_members_with(session, dataset_id, old)
     return bulk_edit(session, dataset_id, ids, "rename", old, new, user, dry_run=dry_run,
                      action="tag_merge" if merge else "tag_rename",
-                     rule={"kind": "rename", "replacement": new})
+                     rule={"kind": "rename", "replacement": new}, preview=preview)
 
 
 def blacklist_tag(session: Session, dataset_id: int, text: str, user: str, *,
-                  dry_run: bool = False) -> dict[str, Any]:
+                  dry_run: bool = False, preview: str | None = None) -> dict[str, Any]:
     """Blacklist a tag: later model runs drop it, and every current copy is rejected."""
     text = clean_tag(text)
     ids = _dataset_members_with(session, dataset_id, text)
     return bulk_edit(session, dataset_id, ids, "reject", text, None, user, dry_run=dry_run,
-                     action="tag_blacklist", rule={"kind": "blacklist"})
+                     action="tag_blacklist", rule={"kind": "blacklist"}, preview=preview)

@@ -20,11 +20,13 @@ class Rename(BaseModel):
     tag: str
     new: str
     dry_run: bool = False
+    preview: str | None = None  # the dry run's token: change exactly the previewed images, or 409
 
 
 class Blacklist(BaseModel):
     tag: str
     dry_run: bool = False
+    preview: str | None = None
 
 
 def _table(request: Request, dataset: str, contains: str, limit: int, offset: int) -> dict:
@@ -68,7 +70,7 @@ def api_tokens(request: Request, text: str = "", user: UserInfo = Depends(reader
 def rename(request: Request, dataset: str, body: Rename, user: UserInfo = Depends(curator)):
     with request.app.state.store.session() as session:
         return curation.rename_tag(session, queries.dataset_id(session, dataset), body.tag, body.new,
-                                   user.name, dry_run=body.dry_run)
+                                   user.name, dry_run=body.dry_run, preview=body.preview)
 
 
 @router.post("/api/datasets/{dataset}/tags/merge", tags=["tags"])
@@ -76,14 +78,14 @@ def merge(request: Request, dataset: str, body: Rename, user: UserInfo = Depends
     """Merge `tag` into the existing tag `new`."""
     with request.app.state.store.session() as session:
         return curation.rename_tag(session, queries.dataset_id(session, dataset), body.tag, body.new,
-                                   user.name, merge=True, dry_run=body.dry_run)
+                                   user.name, merge=True, dry_run=body.dry_run, preview=body.preview)
 
 
 @router.post("/api/datasets/{dataset}/tags/blacklist", tags=["tags"])
 def blacklist(request: Request, dataset: str, body: Blacklist, user: UserInfo = Depends(curator)):
     with request.app.state.store.session() as session:
         return curation.blacklist_tag(session, queries.dataset_id(session, dataset), body.tag, user.name,
-                                      dry_run=body.dry_run)
+                                      dry_run=body.dry_run, preview=body.preview)
 
 
 @router.get("/d/{dataset}/tags", include_in_schema=False)

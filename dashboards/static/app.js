@@ -288,17 +288,22 @@ function bulkForm() {
 function tagOpForm(form) {
   const button = form.querySelector("button");
   const preview = form.querySelector(".preview");
-  let previewed = false;
-  form.addEventListener("input", () => { previewed = false; button.textContent = "Preview"; preview.textContent = ""; });
+  let previewed = null;  // the dry run's token: Apply changes exactly the previewed images, or nothing
+  const reset = () => { previewed = null; button.textContent = "Preview"; preview.textContent = ""; };
+  form.addEventListener("input", reset);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const data = Object.fromEntries(new FormData(form));
-    const r = await api("POST", form.dataset.api, { ...data, dry_run: !previewed });
-    if (!r.ok) { flash(r.data.error || `failed (${r.status})`, "error"); return; }
+    const r = await api("POST", form.dataset.api, { ...data, dry_run: !previewed, preview: previewed });
+    if (!r.ok) {
+      flash(r.data.error || `failed (${r.status})`, r.status === 409 ? "conflict" : "error");
+      if (r.status === 409) reset();
+      return;
+    }
     if (!previewed) {
       preview.textContent = `${r.data.changed} images will change`;
       button.textContent = `Apply to ${r.data.changed} images`;
-      previewed = true;
+      previewed = r.data.preview;
     } else {
       flashAfterReload(`${r.data.tag}: ${r.data.changed} images changed`);
     }

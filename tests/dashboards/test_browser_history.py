@@ -141,3 +141,23 @@ def test_audit_log_reads_before_and_after_filters_and_undoes(browser, server):
     assert "Undid tag reject" in page.locator("#flash").inner_text()
     assert tag_status(store, fish, "fish") == "suggested"
     assert "undone" in page.locator("#audit tr[data-entry]", has_text="tag fish").inner_text()
+
+
+def test_tag_table_rename_applies_what_it_previewed(browser, server):
+    base, store, ids = server
+    page = logged_in(browser, base, "cur1", "/d/portraits/tags")
+    page.fill('#rename-form input[name="tag"]', "outdoors")
+    page.fill('#rename-form input[name="new"]', "outside")
+    page.click("#rename-form button")
+    page.wait_for_selector("#rename-form .preview:has-text('4 images will change')")
+    cur2 = api_as(base, "cur2")  # meanwhile one of the four loses the tag
+    fish = ids["HappyFish.jpg"]
+    cur2.post(f"/api/members/{fish}/tags/remove", json={"text": "outdoors", "revision": revision(store, fish)})
+    page.click("#rename-form button")
+    page.wait_for_selector("#flash.conflict")
+    assert "preview again" in page.locator("#flash").inner_text()
+    page.click("#rename-form button")
+    page.wait_for_selector("#rename-form .preview:has-text('3 images will change')")
+    page.click("#rename-form button")
+    page.wait_for_selector("#flash:has-text('3 images changed')")
+    assert tag_status(store, ids["leuvenB.jpg"], "outside") == "suggested"

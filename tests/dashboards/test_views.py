@@ -137,3 +137,17 @@ def test_bulk_caption_trigger_word_and_exclude_include_undo_as_one(seeded, clien
     assert cur1.get("/api/datasets/portraits/members").json()["total"] == 7
     first = cur1.post("/api/undo", json={"entry_id": r["audit_id"], "confirm": 7})
     assert first.status_code == 409 and "caption of image" in first.json()["error"]  # messi's was edited since
+
+
+def test_tag_table_rename_is_bound_to_its_preview_too(seeded, client):
+    store, ids = seeded
+    cur1, cur2 = client("cur1"), client("cur2")
+    ask = {"tag": "outdoors", "new": "outside"}
+    preview = cur1.post("/api/datasets/portraits/tags/rename", json={**ask, "dry_run": True}).json()
+    assert preview["changed"] == 4
+    fish = ids["HappyFish.jpg"]
+    cur2.post(f"/api/members/{fish}/tags/remove", json={"text": "outdoors", "revision": 1}).raise_for_status()
+    stale = cur1.post("/api/datasets/portraits/tags/rename", json={**ask, "preview": preview["preview"]})
+    assert stale.status_code == 409 and "preview again" in stale.json()["error"]
+    with store.session() as session:
+        assert session.query(Tag).filter(Tag.text == "outside").count() == 0
