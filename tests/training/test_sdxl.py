@@ -30,6 +30,7 @@ def test_sdxl_lora_saves_sgm_names_and_loads_in_diffusers(tiny_sdxl_dir, kohya_f
         meta = handle.metadata()
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"  # as sd-scripts
     assert "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q" in modules  # SGM name, as sd-scripts
     assert "lora_unet_output_blocks_0_1_transformer_blocks_0_attn2_to_k" in modules
     assert any(m.startswith("lora_te1_text_model_") for m in modules)
@@ -48,6 +49,16 @@ def test_sdxl_lora_saves_sgm_names_and_loads_in_diffusers(tiny_sdxl_dir, kohya_f
     assert abs(with_kohya - before).max() > 1e-4
     unet_layers = [k for k in pipe.unet.state_dict() if ".lora_A." in k]
     assert len(unet_layers) == sum(1 for m in modules if m.startswith("lora_unet_"))  # every module found its layer
+    ids = pipe.tokenizer(["sks dog"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def encoded():
+        return [pipe.text_encoder(ids)[0], pipe.text_encoder_2(ids)[0]]
+
+    kohya_states = encoded()
     pipe.unload_lora_weights()
+    base_states = encoded()
     pipe.load_lora_weights(result["outputs"]["lora_peft"]["path"])
     assert abs(image() - with_kohya).max() < 1e-2
+    for base, kohya, peft in zip(base_states, kohya_states, encoded()):  # both encoders at the kohya file's strength
+        assert 0.98 < float((peft - base).norm() / (kohya - base).norm()) < 1.02
