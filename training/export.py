@@ -162,6 +162,32 @@ def save_lora_peft(folder: Path, pipeline_cls, layers: dict[str, torch.Tensor], 
     return {"path": str(folder), "sha256": sha256_folder(folder)}
 
 
+def keep_text_model_level(folder: Path) -> None:
+    """CLIP text-encoder weights under `text_model.*`, as transformers 4 saves them (transformers 5 drops the level).
+
+    transformers 4 (what sd-scripts pins) silently loads random weights from the flattened names;
+    transformers 5 reads either. `text_projection.*` stays at the top, where both put it.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    def renamed(key: str) -> str:
+        return key if key.startswith(("text_model.", "text_projection.")) else f"text_model.{key}"
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            metadata, keys = handle.metadata(), list(handle.keys())
+        if all(renamed(k) == k for k in keys):
+            continue
+        state = load_file(str(path))
+        save_file({renamed(k): v for k, v in state.items()}, str(path), metadata=metadata)
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {renamed(k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2))
+
+
 def save_dreambooth(folder: Path, pipeline, family: str) -> dict[str, dict[str, str]]:
     """The fine-tuned pipeline as a diffusers folder, and (SD 1.x) an LDM single-file checkpoint."""
     from training.ldm_keys import pipeline_to_ldm
@@ -169,6 +195,9 @@ def save_dreambooth(folder: Path, pipeline, family: str) -> dict[str, dict[str, 
 
     folder = Path(folder)
     pipeline.save_pretrained(folder / "pipeline", safe_serialization=True)
+    for name in ("text_encoder", "text_encoder_2"):
+        if (folder / "pipeline" / name).is_dir():
+            keep_text_model_level(folder / "pipeline" / name)
     outputs = {"pipeline": {"path": str(folder / "pipeline"), "sha256": sha256_folder(folder / "pipeline")}}
     if family == "sd1":  # SD 2.x and SDXL keep OpenCLIP in their single files: that layout is not written yet
         path = folder / "model.safetensors"

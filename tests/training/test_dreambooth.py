@@ -1,5 +1,7 @@
 """DreamBooth with prior preservation: class images generated once and reused; a folder and a single file out."""
 
+from pathlib import Path
+
 import torch
 
 from tests.training.conftest import tiny_config
@@ -30,6 +32,11 @@ def test_dreambooth_run_with_prior_preservation(tiny_sd_dir, kohya_folder, tmp_p
     assert all(torch.allclose(single_unet[k].float(), tuned_unet[k], atol=1e-3) for k in tuned_unet)  # fp16 file
     assert torch.equal(tuned.text_encoder.state_dict()["embeddings.token_embedding.weight"],
                        base.text_encoder.state_dict()["embeddings.token_embedding.weight"])  # frozen
+    # saved as transformers 4 names them (it loads random weights from transformers 5's flattened names)
+    from safetensors import safe_open
+
+    with safe_open(str(Path(result["outputs"]["pipeline"]["path"]) / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())
 
     # a second run reuses the cached class images and latents
     lines.clear()
