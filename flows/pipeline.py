@@ -106,7 +106,7 @@ class PipelineConfig(BaseModel):
     dask_address: str | None = None
     # task_runner pool: each batch is a flow run of this deployment on its work pool (flows/prepare_pool.py)
     pool_deployment: str = "prepare-batch/prepare-batch"
-    batch_timeout_s: float = Field(1800, gt=0)  # a pool batch not finished by then is given to another worker
+    batch_timeout_s: float = Field(120, gt=0)  # a pool batch silent this long (no heartbeat) goes to another worker
     workers: int = Field(2, ge=1, le=256)
     batch_size: int = Field(16, ge=1, le=4096)
     steps: list[StepConfig]

@@ -5,8 +5,9 @@ The prepare flow (`task_runner: pool`) submits every batch of a step as a run of
 `prepare-batch` deployment (`run_deployment`, no waiting) and reads each result back. A batch flow
 is pure: blobs in, result JSON out (written to the blob store under `results/`, read and removed
 by the prepare flow, which records it in one transaction as for any task runner). A batch whose flow
-run crashed, or that is not finished after `batch_timeout_s` (its worker was lost), is cancelled and
-given to the pool once more; the step's cache makes a re-run of a killed prepare do only what is missing.
+run crashed, or whose heartbeat (beside its result, every few seconds while it runs) has not changed
+for `batch_timeout_s` (its worker was lost), is cancelled and given to the pool once more; the step's
+cache makes a re-run of a killed prepare do only what is missing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Any
@@ -22,19 +24,41 @@ from prefect import flow
 
 from store.blobs import BlobStore
 
+HEARTBEAT_S = 5.0  # a running batch touches its heartbeat this often
+
 
 def result_path(blobs: BlobStore, key: str) -> str:
     return f"{blobs.root}/results/{key}.json"
 
 
+def heartbeat_path(blobs: BlobStore, key: str) -> str:
+    return f"{blobs.root}/results/{key}.alive"
+
+
+def _beat(blobs: BlobStore, key: str, done: threading.Event) -> None:
+    count = 0
+    while not done.wait(HEARTBEAT_S if count else 0):
+        count += 1
+        try:
+            blobs.fs.pipe_file(heartbeat_path(blobs, key), str(count).encode())
+        except OSError:  # a missed beat only makes the run wait longer before it gives the batch away
+            pass
+
+
 @flow(name="prepare-batch", log_prints=True)
 def prepare_batch_flow(step: str, params: dict, blobs_url: str, items: list[dict], result_key: str) -> str:
-    """One step on one batch, on whichever worker of the pool takes it; the result goes to the blob store."""
+    """One step on one batch, on whichever worker of the pool takes it; the result goes to the blob store,
+    and a heartbeat beside it while it runs (the prepare run tells a slow batch from a lost worker by it)."""
     from flows.prepare import run_batch
 
-    output = run_batch(step, params, blobs_url, items)
-    output["worker"] = os.environ.get("ATELIER_WORKER_NAME") or f"{socket.gethostname()}:{os.environ.get('ATELIER_HOME', '.atelier')}"
     blobs = BlobStore(blobs_url)
+    done = threading.Event()
+    threading.Thread(target=_beat, args=(blobs, result_key, done), daemon=True).start()
+    try:
+        output = run_batch(step, params, blobs_url, items)
+    finally:
+        done.set()
+    output["worker"] = os.environ.get("ATELIER_WORKER_NAME") or f"{socket.gethostname()}:{os.environ.get('ATELIER_HOME', '.atelier')}"
     blobs.fs.pipe_file(result_path(blobs, result_key), json.dumps(output).encode())
     return result_key
 
@@ -52,8 +76,24 @@ class PoolFuture:
         self.flow_run = run_deployment(self.submitter.deployment, timeout=0, as_subflow=True,
                                        parameters={"step": step, "params": params, "blobs_url": blobs_url,
                                                    "items": items, "result_key": self.key})
-        self.started = time.monotonic()
+        # local clock of the last sign of life: a worker took it (Pending/Running) or its heartbeat changed;
+        # waiting in the queue for a free worker is not a sign of loss
+        self.alive_at, self.beat = None, None
         self.attempts += 1
+
+    def _silent_for(self, blobs: BlobStore) -> float:
+        try:
+            beat = blobs.fs.cat_file(heartbeat_path(blobs, self.key))
+        except FileNotFoundError:
+            beat = None
+        if beat != self.beat:
+            self.beat, self.alive_at = beat, time.monotonic()
+        return time.monotonic() - self.alive_at
+
+    def _forget(self, blobs: BlobStore) -> None:
+        for path in (result_path(blobs, self.key), heartbeat_path(blobs, self.key)):
+            if blobs.fs.exists(path):
+                blobs.fs.rm_file(path)
 
     def result(self) -> dict[str, Any]:
         from prefect.client.orchestration import get_client
@@ -64,18 +104,21 @@ class PoolFuture:
             while True:
                 state = client.read_flow_run(self.flow_run.id).state
                 if state is not None and state.is_completed():
-                    path = result_path(blobs, self.key)
-                    output = json.loads(blobs.fs.cat_file(path))
-                    blobs.fs.rm_file(path)
+                    output = json.loads(blobs.fs.cat_file(result_path(blobs, self.key)))
+                    self._forget(blobs)
                     return output
-                lost = time.monotonic() - self.started > self.submitter.timeout_s
+                if self.alive_at is None and state is not None and not state.is_scheduled():
+                    self.alive_at = time.monotonic()
+                lost = self.alive_at is not None and self._silent_for(blobs) > self.submitter.timeout_s
                 if (state is not None and state.is_final()) or lost:
-                    reason = "not finished in time (its worker lost?)" if lost else f"{state.name}: {state.message}"
+                    reason = (f"no heartbeat for {self.submitter.timeout_s:g} s (its worker lost?)"
+                              if lost else f"{state.name}: {state.message}")
                     if self.attempts >= 2:
                         raise RuntimeError(f"batch flow run {self.flow_run.id} {reason}; given twice, giving up")
                     if lost:
                         client.set_flow_run_state(self.flow_run.id, Cancelled(message="given to another worker"),
                                                   force=True)
+                    self._forget(blobs)  # a lost worker's late result or heartbeat
                     self._start()
                 time.sleep(self.submitter.poll_s)
 
