@@ -48,6 +48,8 @@ def network_args(config) -> dict[str, str]:
             "conv_dim": str(conv_dim(config)), "conv_alpha": str(conv_alpha(config))}
     if config.network == "dora":
         args["dora_wd"] = "True"
+        if not config.dora_wd_on_output:
+            args["wd_on_output"] = "False"
     if config.network == "lokr":
         args["factor"] = str(config.lokr_factor)
     return args
@@ -81,7 +83,8 @@ def add_network(config, model, trained: dict[str, torch.nn.Module], device) -> N
     network = LycorisNetworkKohya(
         encoders, unet, multiplier=1.0, lora_dim=config.rank, alpha=config.alpha, conv_lora_dim=conv_dim(config),
         conv_alpha=conv_alpha(config), network_module=LYCORIS_KINDS[config.network],
-        weight_decompose=config.network == "dora", factor=config.lokr_factor, warn_on_unmatched=False)
+        weight_decompose=config.network == "dora", wd_on_out=config.dora_wd_on_output, factor=config.lokr_factor,
+        warn_on_unmatched=False)
     network.apply_to(encoders, unet, apply_text_encoder=encoders is not None, apply_unet=True)
     trained["unet_lycoris"] = torch.nn.ModuleDict({m.lora_name: m for m in network.unet_loras}).to(device)
     if network.text_encoder_loras:  # its name starts with text_encoder: text_encoder_lr applies

@@ -121,6 +121,9 @@ class TrainConfig(AestheticOptions):  # aesthetic_*: aesthetic gradients for val
     conv_dim: int | None = Field(None, ge=0)  # locon/loha/lokr/dora: rank of 3×3 convs (default rank; dora 0)
     conv_alpha: float | None = None  # default: lora_alpha
     lokr_factor: int = -1  # lokr: Kronecker factor (-1: as large as the shapes allow)
+    # dora: magnitude per output channel (LyCORIS's default, peft, diffusers, ComfyUI); false: per input
+    # channel, the only layout AUTOMATIC1111's built-in Lora extension applies right (no diffusers folder then)
+    dora_wd_on_output: bool = True
     train_text_encoder: bool = False
     text_encoder_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj"]
     prior: PriorPreservation = PriorPreservation()

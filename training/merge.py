@@ -206,12 +206,19 @@ def adapter_delta(lora: dict[str, torch.Tensor], module: str, shape: torch.Size)
 
 def apply_adapter(weight: torch.Tensor, delta: torch.Tensor, strength: float,
                   dora_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """W + strength·ΔW; with DoRA's magnitude m: W + strength·(m·(W+ΔW)/‖W+ΔW‖ − W), the norm per output channel."""
+    """W + strength·ΔW; with DoRA's magnitude m: W + strength·(m·(W+ΔW)/‖W+ΔW‖ − W).
+
+    The norm is per output channel when m has one entry per output (LyCORIS `wd_on_output`, peft), else per
+    input channel (m shaped (1, in, …)), as ComfyUI tells the two apart.
+    """
     w = weight.float()
     if dora_scale is None:
         return (w + strength * delta).to(weight.dtype)
     combined = w + delta
-    norm = combined.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.ndim - 1))
+    if dora_scale.shape[0] == w.shape[0] and dora_scale.numel() == w.shape[0]:
+        norm = combined.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.ndim - 1))
+    else:
+        norm = combined.transpose(0, 1).flatten(1).norm(dim=1).reshape(1, -1, *[1] * (w.ndim - 2))
     decomposed = dora_scale.float().reshape(norm.shape) * combined / norm
     return (w + strength * (decomposed - w)).to(weight.dtype)
 

@@ -399,7 +399,7 @@ def export_outputs(config: TrainConfig, model, examples, output_dir: Path, datas
         name = f"{meta['ss_output_name']}.safetensors"  # unique per run: A1111 lists LoRAs by this name
         if adapters.is_lycoris(trained):  # LoCon/LoHa/LoKr/DoRA: one LyCORIS-layout file, which diffusers reads too
             outputs["lora"] = adapters.save_network_kohya(output_dir / name, trained, model.family, pipe.unet, meta)
-            if config.network == "dora":  # diffusers drops dora_scale from kohya files; its peft layout keeps it
+            if config.network == "dora" and config.dora_wd_on_output:  # diffusers drops a kohya file's dora_scale
                 outputs["lora_peft"] = adapters.save_dora_peft(output_dir / "lora_peft", trained, pipe)
             return outputs
         layers = export.lora_layers(pipe.unet, model.text_encoders)

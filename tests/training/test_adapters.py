@@ -26,6 +26,9 @@ LDM = {ATTN: "model.diffusion_model.input_blocks.3.1.transformer_blocks.0.attn1.
 
 
 def kind_config(tiny_sd_dir, kind, **fields):
+    """kind: a network, or dora-input (DoRA with the magnitude per input channel, A1111's layout)."""
+    if kind == "dora-input":
+        kind, fields = "dora", {"dora_wd_on_output": False, **fields}
     return tiny_config(tiny_sd_dir, network=kind, rank=4, lora_alpha=2, train_text_encoder=True, learning_rate=1e-2,
                        **({} if kind == "dora" else {"conv_alpha": 1}), **fields)
 
@@ -37,7 +40,7 @@ def adapter_runs(tiny_sd_dir, kohya_folder, tmp_path_factory):
     from training.train import run_training
 
     runs = {}
-    for kind in KINDS:
+    for kind in KINDS + ["dora-input"]:
         out = tmp_path_factory.mktemp(kind)
         config = load_config(kind_config(tiny_sd_dir, kind, max_train_steps=3, train_batch_size=2))
         result = run_training(config, kohya_folder, out, dataset={"name": "dogs", "version": 1},
@@ -132,7 +135,7 @@ def expected(kind, tensors, module, weight):
     """W + ΔW from the saved factors, written out per kind (strength 1)."""
     t = {k.partition(".")[2]: v.float() for k, v in tensors.items() if k.startswith(module + ".")}
     w = weight.float()
-    if kind in ("locon", "dora"):
+    if kind in ("locon", "dora", "dora-input"):
         down, up = t["lora_down.weight"], t["lora_up.weight"]
         if down.ndim == 4 and down.shape[2] == 3:  # a 3×3 down conv then a 1×1 up conv: ΔW[o] = Σ_r up[o, r]·down[r]
             delta = torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down)
@@ -152,14 +155,19 @@ def expected(kind, tensors, module, weight):
         else:
             delta = torch.kron(w1, w2).reshape(w.shape)
         delta = delta * scale
-    if kind != "dora":
+    if not kind.startswith("dora"):
         return w + delta
     combined = w + delta
-    norms = torch.stack([combined[o].norm() for o in range(combined.shape[0])])  # one per output channel
-    return t["dora_scale"].reshape(-1, *[1] * (w.ndim - 1)) * combined / norms.reshape(-1, *[1] * (w.ndim - 1))
+    if kind == "dora":  # one norm per output channel
+        norms = torch.stack([combined[o].norm() for o in range(combined.shape[0])]).reshape(-1, *[1] * (w.ndim - 1))
+    else:  # dora-input: one per input channel
+        norms = torch.stack([combined[:, i].norm() for i in range(combined.shape[1])])
+        norms = norms.reshape(1, -1, *[1] * (w.ndim - 2))
+    assert t["dora_scale"].shape == norms.shape
+    return t["dora_scale"] * combined / norms
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["dora-input"])
 def test_merge_writes_each_weight_as_computed_by_hand(adapter_runs, tiny_sd_file, tmp_path, kind):
     from flows.cli import app
 
@@ -168,10 +176,10 @@ def test_merge_writes_each_weight_as_computed_by_hand(adapter_runs, tiny_sd_file
                                       "--strength", "1", "--dump_path", str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)["lora_merge"]
-    assert summary["modules"] == (75 if kind == "dora" else 95)
+    assert summary["modules"] == (75 if kind.startswith("dora") else 95)
     base, merged = load_file(tiny_sd_file), load_file(out)
     tensors, _ = read(adapter_runs[kind]["path"])
-    for module in (ATTN, TE) + (() if kind == "dora" else (CONV,)):
+    for module in (ATTN, TE) + (() if kind.startswith("dora") else (CONV,)):
         key = LDM[module]
         want = expected(kind, tensors, module, base[key])
         assert not torch.allclose(want, base[key].float(), atol=1e-6), module  # training moved this weight
@@ -208,3 +216,9 @@ def test_evaluation_samples_a_lycoris_run_unlike_its_base(adapter_runs, tiny_sd_
                          preset, "sks", "dog")
     images = {s.model: np.asarray(s.image, dtype=np.int16) for s in samples}
     assert set(images) == {"base", "trained"} and np.abs(images["trained"] - images["base"]).max() > 0
+
+
+def test_dora_input_axis_is_recorded_and_has_no_diffusers_folder(adapter_runs):
+    tensors, meta = read(adapter_runs["dora-input"]["path"])
+    assert json.loads(meta["ss_network_args"])["wd_on_output"] == "False"
+    assert tensors[f"{ATTN}.dora_scale"].shape == (1, 64) and "lora_peft" not in adapter_runs["dora-input"]["result"]["outputs"]
