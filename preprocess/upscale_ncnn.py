@@ -20,6 +20,10 @@ NCNN_TWINS = {
     "realesrgan-x4plus-anime": ("realesrgan-x4plus-anime", 3),
 }
 SCALE = 4  # both twins are x4 networks
+# ncnn's own tile side: the patches we hand it (tile + 2·pad) are cut again to this size. Its CPU
+# memory grows with the tile: a 300×225 image took 6.5 GB with 288 px tiles and 13 GB on larger
+# ones; 128 px keeps it near 2–3 GB for the same seconds (bench/steps.py, /usr/bin/time -v)
+NCNN_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ def ncnn_weights(model: str) -> Path | None:
 
 
 def load_ncnn(model: str, tilesize: int, gpuid: int = -1) -> NcnnModel | None:
-    """Load the ncnn twin of registry model `model` (None when there is none); `tilesize`: the largest patch side."""
+    """Load the ncnn twin of registry model `model` (None when there is none); `tilesize`: the largest patch side
+    we hand it (ncnn tiles anything above NCNN_TILE itself)."""
     bin_path = ncnn_weights(model)
     if bin_path is None:
         return None
@@ -53,8 +58,8 @@ def load_ncnn(model: str, tilesize: int, gpuid: int = -1) -> NcnnModel | None:
 
     from store.registry import file_hash
 
-    # ncnn would cut a patch larger than its tile size again: make it as large as our padded tiles
-    network = Realesrgan(gpuid=gpuid, tilesize=max(32, tilesize), model=NCNN_TWINS[model][1])
+    # ncnn cuts a patch larger than its tile size again (with its own overlap): memory follows NCNN_TILE
+    network = Realesrgan(gpuid=gpuid, tilesize=max(32, min(tilesize, NCNN_TILE)), model=NCNN_TWINS[model][1])
 
     def run_patch(rgb: np.ndarray) -> np.ndarray:
         return np.asarray(network.process_pil(Image.fromarray(np.ascontiguousarray(rgb), "RGB")))
