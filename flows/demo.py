@@ -137,11 +137,11 @@ def train_evaluate_promote(store, atelier, console, number: int, out: Path) -> d
     from sqlalchemy import select
 
     from evaluation.config import Slot
-    from evaluation.promotion import champion_of, challenge
+    from evaluation.promotion import challenge, champion_of
     from flows.demo_models import build_stand_in_clip, build_stand_in_dino, build_stand_in_sd
-    from store.versions import get_version
     from store.models import TrainingRun
     from store.registry import load_registry
+    from store.versions import get_version
 
     models = store.settings.home / "demo-models"
     base = build_stand_in_sd(models / "stand-in-sd")

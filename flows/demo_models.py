@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 SEED = 0
-TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+TINY = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
 def _byte_vocab() -> dict[str, int]:
@@ -48,7 +48,12 @@ def build_stand_in_sd(folder: Path) -> Path:
     import tempfile
 
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(SEED)
@@ -84,9 +89,10 @@ def build_stand_in_clip(folder: Path) -> Path:
 
     tokenizer = _tokenizer(folder)
     config = CLIPConfig(
-        text_config=TINY | dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=TINY | dict(image_size=32, patch_size=8, num_channels=3), projection_dim=32)
+        text_config=TINY | {"vocab_size": len(tokenizer), "max_position_embeddings": 77,
+                            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                            "pad_token_id": tokenizer.pad_token_id},
+        vision_config=TINY | {"image_size": 32, "patch_size": 8, "num_channels": 3}, projection_dim=32)
     torch.manual_seed(SEED)
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
                                                                  crop_size={"height": 32, "width": 32}),

@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from store.datasets import get_dataset
 from store.db import Store
-from store.models import Artifact, Image as ImageRow, Member, Score, StepResult, Tag
+from store.models import Artifact, Member, Score, StepResult, Tag
+from store.models import Image as ImageRow
 
 CELL = 256  # thumbnail box side
 TEXT_WIDTH = 330
