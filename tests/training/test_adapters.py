@@ -222,3 +222,12 @@ def test_dora_input_axis_is_recorded_and_has_no_diffusers_folder(adapter_runs):
     tensors, meta = read(adapter_runs["dora-input"]["path"])
     assert json.loads(meta["ss_network_args"])["wd_on_output"] == "False"
     assert tensors[f"{ATTN}.dora_scale"].shape == (1, 64) and "lora_peft" not in adapter_runs["dora-input"]["result"]["outputs"]
+
+
+def test_the_shipped_lycoris_preset_validates():
+    from pathlib import Path
+
+    from training.config import load_config
+
+    config = load_config(Path("configs/train/lycoris-sd15.yaml"))
+    assert config.network == "loha" and config.conv_dim == 4 and config.uses_lora
