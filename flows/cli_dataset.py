@@ -55,6 +55,29 @@ def datasets(as_json: bool = typer.Option(False, "--json")) -> None:
             console.print(f"{row['name']}: {row['active_members']} active images, latest version {row['latest_version']}")
 
 
+def _unchanged(store, sources: list[Path], dataset: str, options: dict, settings: dict) -> dict | None:
+    """A no-op re-ingest: the report, with its flow run recorded as Completed (no Prefect import, no engine)."""
+    from flows.ingest_noop import unchanged_report
+    from flows.prefect_server import PrefectUnavailable, ensure_api
+    from flows.quick_run import record_completed_run
+
+    report = unchanged_report(store, sources, dataset, options, settings)
+    if report is None:
+        return None
+    try:
+        url, _ = ensure_api()
+    except PrefectUnavailable as error:
+        fail(str(error))
+    parameters = {"sources": [str(s) for s in sources], "dataset": dataset, "options": options,
+                  "dataset_settings": settings}
+    message = f"nothing to do: {report['unchanged']} files already in {dataset} at the same paths"
+    if (run_id := record_completed_run(url, "ingest", parameters, message)) is None:
+        return None
+    console.print(f"ingest {dataset}: {message}. View at {url.removesuffix('/api')}/runs/flow-run/{run_id}",
+                  highlight=False, soft_wrap=True)
+    return report
+
+
 def ingest(
     sources: list[Path] = typer.Argument(..., help="folders (recursive), image files or .zip archives"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name (created if new)"),
@@ -68,7 +91,7 @@ def ingest(
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
     """Ingest images safely: verified, deduplicated (exact and near), sidecar captions imported."""
-    from flows.ingest import IngestOptions, ingest_flow
+    from flows.ingest_options import IngestOptions
 
     for source in sources:
         if not source.exists():
@@ -79,12 +102,15 @@ def ingest(
         IngestOptions(**options)
     except ValueError as error:
         fail(str(error))
-    _store()
-    with prefect_api(), progress() as bar:
-        task = bar.add_task(f"ingest {dataset}", total=None)
-        report = ingest_flow([str(s) for s in sources], dataset, options,
-                             dataset_settings={"identifier": identifier, "class_word": class_word, "repeats": repeats},
-                             on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    settings = {"identifier": identifier, "class_word": class_word, "repeats": repeats}
+    report = _unchanged(_store(), sources, dataset, options, settings)
+    if report is None:
+        from flows.ingest import ingest_flow
+
+        with prefect_api(), progress() as bar:
+            task = bar.add_task(f"ingest {dataset}", total=None)
+            report = ingest_flow([str(s) for s in sources], dataset, options, dataset_settings=settings,
+                                 on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     emit(report, as_json)
     if not as_json:
         console.print(f"[bold]{dataset}[/bold]: scanned {report['scanned']}, added {report['added']}, "

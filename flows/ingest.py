@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from preprocess.load import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, RejectedImage, open_image
-from preprocess.sources import DEFAULT_MAX_FILE_BYTES, SourceFile, scan_sources
+from flows.ingest_options import IngestOptions
+from preprocess.load import RejectedImage, open_image
+from preprocess.sources import SourceFile, scan_sources
 from store.blobs import BlobStore, sha256_bytes
 from store.datasets import get_or_create_dataset
 from store.db import Store, open_store
-from store.dedup import DEFAULT_NEAR_THRESHOLD
 from store.members import IngestedFile, dataset_image_hashes, record_batch
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit
-    min_side: int = DEFAULT_MIN_SIDE  # px; smaller images are rejected
-    animated: str = "first-frame"  # or "reject"
-    near_threshold: int = DEFAULT_NEAR_THRESHOLD  # perceptual-hash bits, see store/dedup.py
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    batch_size: int = 64
-    workers: int = min(4, os.cpu_count() or 1)
-
-    def __post_init__(self):
-        if self.animated not in ("first-frame", "reject"):
-            raise ValueError(f"animated: expected 'first-frame' or 'reject', got {self.animated!r}")
-        if self.batch_size < 1 or self.workers < 1 or self.min_side < 1 or self.max_pixels < 1:
-            raise ValueError("batch_size, workers, min_side and max_pixels must be positive")
 
 
 def decode_file(item: SourceFile, sidecar: str | None, blobs: BlobStore, options: IngestOptions,

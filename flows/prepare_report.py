@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
-from datetime import datetime, timezone
 
 from PIL import Image, ImageDraw, ImageOps
 from sqlalchemy import select
@@ -11,21 +11,27 @@ from sqlalchemy import select
 from flows.pipeline import PipelineConfig
 from store.datasets import get_dataset
 from store.db import Store
-from store.models import Artifact, Image as ImageRow, Member
+from store.models import Artifact, Member
+from store.models import Image as ImageRow
 
 THUMB = 160
 
 
-def contact_sheet(store: Store, dataset: str, count: int) -> Image.Image | None:
-    """A grid of the newest version of up to `count` members, labelled with their file names."""
+def sheet_rows(store: Store, dataset: str, count: int) -> list[tuple]:
+    """(file name, original sha/ext, current artifact sha/ext) of up to `count` active members: what the sheet shows."""
     with store.session() as session:
         ds = get_dataset(session, dataset)
-        rows = session.execute(
+        return [tuple(row) for row in session.execute(
             select(Member.source_path, ImageRow.sha256, ImageRow.ext, Artifact.sha256, Artifact.ext)
             .join(ImageRow, Member.image_id == ImageRow.id)
             .outerjoin(Artifact, Member.current_artifact_id == Artifact.id)
             .where(Member.dataset_id == ds.id, Member.status == "active").order_by(Member.id).limit(count)
-        ).all()
+        )]
+
+
+def contact_sheet(store: Store, dataset: str, count: int, rows: list[tuple] | None = None) -> Image.Image | None:
+    """A grid of the newest version of up to `count` members, labelled with their file names."""
+    rows = sheet_rows(store, dataset, count) if rows is None else rows
     if not rows:
         return None
     columns = min(4, len(rows))
@@ -73,13 +79,17 @@ def publish_report(store: Store, dataset: str, config: PipelineConfig, summary: 
     from prefect.artifacts import create_markdown_artifact
 
     sheet_path = None
-    if config.contact_sheet and (sheet := contact_sheet(store, dataset, config.contact_sheet)) is not None:
-        folder = store.settings.home / "reports"
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        target = folder / f"prepare-{dataset}-{stamp}.png"
-        sheet.save(target)
-        sheet_path = str(target)
+    if config.contact_sheet and (rows := sheet_rows(store, dataset, config.contact_sheet)):
+        # named by what it shows: a re-run that changed nothing (a no-op) reuses the sheet instead of
+        # decoding every image again, the larger part of a no-op prepare's time
+        key = hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+        target = store.settings.home / "reports" / f"prepare-{dataset}-{key}.png"
+        if not target.exists() and (sheet := contact_sheet(store, dataset, config.contact_sheet, rows)) is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".part.png")
+            sheet.save(partial)
+            partial.replace(target)  # never a half-written sheet under the final name
+        sheet_path = str(target) if target.exists() else None
     markdown = summary_markdown(dataset, config, summary, sheet_path)
     key = "prepare-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
     create_markdown_artifact(markdown=markdown, key=key, description=f"prepare {dataset}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.settings import Settings, load_settings
@@ -40,8 +42,34 @@ def make_engine(url: str) -> Engine:
 _UPGRADE_LOCK = threading.Lock()  # Alembic keeps global state: one upgrade at a time per process
 
 
+@lru_cache(maxsize=1)
+def head_revision() -> str | None:
+    """The newest migration's revision, read from the files (Alembic itself costs a second to import)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        text = path.read_text()
+        if found := re.search(r"^revision\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE):
+            revisions.add(found.group(1))
+        if found := re.search(r"^down_revision\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE):
+            parents.add(found.group(1))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def at_head(engine: Engine) -> bool:
+    """The database's schema is the newest (one query): nothing for Alembic to do."""
+    try:
+        with engine.connect() as connection:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except SQLAlchemyError:  # a new database: no version table yet
+        return False
+    return head_revision() is not None and current == [head_revision()]
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision in place (never drops data)."""
+    if at_head(engine):  # every command opens the store: the usual case costs a query, not Alembic
+        return
     from alembic import command
     from alembic.config import Config
 
