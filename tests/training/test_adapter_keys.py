@@ -133,9 +133,9 @@ def test_every_module_has_a_layer_in_a1111_and_comfyui(sd15_topology, kind):
     assert parts == ({"down", "mid", "up", "time"} | ({"conv"} if kind != "dora" else set()))  # conv_in / conv_out
 
 
-@pytest.mark.parametrize("kind", ["locon", "loha"])
-def test_sdxl_files_use_sgm_names_and_locon_loads_in_diffusers(kind, kohya_folder, tmp_path):
-    """SDXL: UNet modules by their SGM path (as sd-scripts names them), lora_te1_/lora_te2_ for the two encoders."""
+@pytest.mark.parametrize("kind", ["locon", "loha", "dora"])
+def test_sdxl_files_use_sgm_names_and_load_in_diffusers(kind, kohya_folder, tmp_path):
+    """SDXL: UNet modules by their SGM path (as sd-scripts names them), lora_te1_/lora_te2_; LoCon and DoRA's peft folder load."""
     from diffusers import StableDiffusionXLPipeline
     from safetensors import safe_open
 
@@ -156,17 +156,27 @@ def test_sdxl_files_use_sgm_names_and_locon_loads_in_diffusers(kind, kohya_folde
     sgm = {"lora_unet_" + unet_key_to_ldm(k, pipe.unet.config)[: -len(".weight")].replace(".", "_")
            for k in pipe.unet.state_dict() if k.endswith(".weight")}  # ComfyUI's and A1111's SDXL rule
     unet_modules = {m for m in modules if m.startswith("lora_unet_")}
-    assert unet_modules <= sgm and "lora_unet_input_blocks_1_0_in_layers_2" in unet_modules  # a 3×3 resnet conv
+    assert unet_modules <= sgm
+    assert ("lora_unet_input_blocks_1_0_in_layers_2" in unet_modules) == (kind != "dora")  # a 3×3 resnet conv
     te = modules - unet_modules
     assert te and all(re.fullmatch(rf"lora_te[12]_text_model_encoder_layers_\d+_({'|'.join(CLIP_LAYERS)})", m) for m in te)
     assert {m[:8] for m in te} == {"lora_te1", "lora_te2"}
-    if kind == "locon":
-        def image():
-            return pipe("sks dog", num_inference_steps=2, height=64, width=64, output_type="np",
-                        generator=torch.Generator().manual_seed(0)).images[0]
+    def image(p):
+        return p("sks dog", num_inference_steps=2, height=64, width=64, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
 
-        before = image()
+    before = image(pipe)
+    if kind == "locon":
         pipe.load_lora_weights(path)
-        assert abs(image() - before).max() > 1e-4
+        assert abs(image(pipe) - before).max() > 1e-4
         loaded = {k for k in pipe.unet.state_dict() if ".lora_A." in k}
         assert len(loaded) == len(unet_modules)  # every module found its layer
+    if kind == "dora":  # the peft folder, with both text encoders' magnitudes, = the file merged into the pipeline
+        from training.adapters import load_adapter
+
+        merged = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+        merged.set_progress_bar_config(disable=True)
+        load_adapter(merged, path)
+        change = abs(image(merged) - before).max()
+        pipe.load_lora_weights(result["outputs"]["lora_peft"]["path"])
+        assert change > 1e-3 and abs(image(pipe) - image(merged)).max() < 0.05 * change

@@ -231,3 +231,15 @@ def test_the_shipped_lycoris_preset_validates():
 
     config = load_config(Path("configs/train/lycoris-sd15.yaml"))
     assert config.network == "loha" and config.conv_dim == 4 and config.uses_lora
+
+
+def test_pivotal_tuning_trains_a_loha_beside_the_embedding(tiny_sd_dir, kohya_folder, tmp_path):
+    from training.config import load_config
+    from training.train import run_training
+
+    config = load_config(tiny_config(tiny_sd_dir, method="textual_inversion", network="loha", rank=2, max_train_steps=2,
+                                     textual_inversion={"placeholder_token": "<sks>", "initializer_token": "a",
+                                                        "with_lora": True}))
+    outputs = run_training(config, kohya_folder, tmp_path / "out", cache_dir=tmp_path / "cache", log=lambda s: None)["outputs"]
+    tensors, meta = read(outputs["lora"]["path"])
+    assert "embedding" in outputs and f"{ATTN}.hada_w1_a" in tensors and meta["ss_network_module"] == "lycoris.kohya"
