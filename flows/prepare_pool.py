@@ -52,6 +52,7 @@ def prepare_batch_flow(step: str, params: dict, blobs_url: str, items: list[dict
     from flows.prepare import run_batch
 
     blobs = BlobStore(blobs_url)
+    blobs.check()  # a worker that cannot reach the store (endpoint, credentials) fails the batch now, in one line
     done = threading.Event()
     threading.Thread(target=_beat, args=(blobs, result_key, done), daemon=True).start()
     try:

@@ -227,3 +227,18 @@ def test_two_workers_share_the_batches_and_a_lost_worker_loses_nothing(shared, m
     assert refused.state.is_failed(), refused.state
     assert "worker on" in refused.state.message and "ATELIER_DATABASE_URL is not set" in refused.state.message
     assert time.monotonic() - started < 60 and not any(first.home.iterdir())
+
+
+def test_a_batch_on_a_worker_that_cannot_reach_the_blob_store_fails_at_once_naming_it(monkeypatch):
+    from flows.prepare_pool import prepare_batch_flow
+    from store.blobs import BlobStoreUnavailable
+
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+    started = time.monotonic()
+    with pytest.raises(BlobStoreUnavailable) as failure:
+        prepare_batch_flow.fn("quality", {}, "s3://photos/blobs", [], "key")  # the flow's body, as a worker runs it
+    assert "s3://photos/blobs" in str(failure.value) and "http://127.0.0.1:9" in str(failure.value)
+    assert len(str(failure.value).splitlines()) == 1 and time.monotonic() - started < 60
+    assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in str(failure.value)
