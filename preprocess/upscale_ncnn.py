@@ -21,9 +21,9 @@ NCNN_TWINS = {
 }
 SCALE = 4  # both twins are x4 networks
 # ncnn's own tile side: the patches we hand it (tile + 2·pad) are cut again to this size. Its CPU
-# memory grows with the tile: a 300×225 image took 6.5 GB with 288 px tiles and 13 GB on larger
-# ones; 128 px keeps it near 2–3 GB for the same seconds (bench/steps.py, /usr/bin/time -v)
-NCNN_TILE = 128
+# memory grows with the tile while the seconds do not (one thread, /usr/bin/time -v): 128→512 px took
+# 16.5 s / 1.3 GB with 64 px tiles, 17.5 s / 2.5 GB with 128, and a 300×225 photo 6.5 GB with 288
+NCNN_TILE = 64
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,4 @@ def test_demo_runs_the_real_models_and_the_whole_chain_twice(tmp_path, atelier_e
     assert again["version"] == summary["version"] and again["run"]["run_id"] == summary["run"]["run_id"]
     assert again["evaluation"]["evaluation_id"] == summary["evaluation"]["evaluation_id"]
     assert again["promotion"]["action"] == "kept"
+    print(f"demo wall seconds: first {summary['seconds']['total']}, second {again['seconds']['total']}")
