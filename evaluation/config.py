@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from store.config_files import ConfigError, read_yaml
 from store.config_files import deep_merge as merge_overrides
-from training.aesthetic_gradients import AestheticOptions
+from training.aesthetic_options import AestheticOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = REPO_ROOT / "configs" / "eval" / "default.yaml"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from store.config_files import ConfigError, deep_merge, read_yaml
-from training.aesthetic_gradients import AestheticOptions
+from training.aesthetic_options import AestheticOptions
 
 
 class CaptionConfig(BaseModel):
