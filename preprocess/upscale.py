@@ -88,7 +88,7 @@ def target_size(width: int, height: int, target: int) -> tuple[int, int]:
     return max(target, round(width * factor)), max(target, round(height * factor))
 
 
-@register("upscale", params=UpscaleParams)
+@register("upscale", params=UpscaleParams, version=2)  # 2: ncnn at 64 px tiles (its seams moved)
 def load_upscale(params: dict, registry) -> LoadedStep:
     """Load Real-ESRGAN or SwinIR through spandrel (safe weights), LDSR from its folder, else Real-ESRGAN's ncnn
     twin, else the Lanczos fallback."""
