@@ -165,6 +165,11 @@ class TrainConfig(AestheticOptions):  # aesthetic_*: aesthetic gradients for val
     validation_inference_steps: int = Field(20, ge=1)
     report_to: Literal["tensorboard", "none"] = "tensorboard"
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` (file or --set) as false
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.min_bucket_reso > self.max_bucket_reso:

@@ -90,3 +90,11 @@ def test_latent_cache_reuses_and_notices_an_edited_image(tiny_sd_dir, tmp_path, 
     Image.open(photos / "HappyFish.jpg").rotate(90).save(folder / "fish.jpg")  # the image is edited
     edited = D.scan_kohya_folder(tmp_path)[0]
     assert not torch.equal(again.get(edited, (64, 64)), first) and again.misses == 2
+
+
+def test_a_bare_yaml_no_for_mixed_precision_means_no(tmp_path):
+    from training.config import load_config
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("base_model: x\nmixed_precision: no\n")  # YAML 1.1 parses a bare no as false
+    assert load_config(preset).mixed_precision == "no"
