@@ -162,6 +162,8 @@ def _blobs_match_rows(store, endpoint: str) -> None:
     assert keys == {f"{prefix}/{sha[:2]}/{sha[2:4]}/{sha}.{ext}" for sha, ext in rows}
 
 
+@pytest.mark.xfail(strict=False, reason="issue 16 item 3, open: on a loaded machine a batch can miss its "
+                   "30 s heartbeat while its process starts, and a lost worker then fails the run (seen in CI 2026-12-02)")
 def test_two_workers_share_the_batches_and_a_lost_worker_loses_nothing(shared, monkeypatch, tmp_path):
     homes = tmp_path / "machines"
     homes.mkdir()
