@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 from dashboards.auth import csrf_token, session_user
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.auto_reload = False  # no stat() of every template on every render: they change with a release
 templates.env.filters["tojson_attr"] = lambda value: json.dumps(value, default=str)
 templates.env.globals["urlencode"] = urlencode
 templates.env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": str}

@@ -68,10 +68,9 @@ def progress() -> Progress:
     )
 
 
-@contextmanager
-def prefect_api() -> Iterator[str]:
-    """Around a command's flow calls: the Prefect API to use (PREFECT_API_URL, or this home's local
-    server, started in the background on first use and reused by later commands)."""
+def api_url() -> str:
+    """The Prefect API to use (PREFECT_API_URL, or this home's local server, started in the background
+    on first use and reused by later commands); one line and exit when there is none."""
     from flows.prefect_server import PrefectUnavailable, ensure_api
 
     try:
@@ -81,6 +80,14 @@ def prefect_api() -> Iterator[str]:
     if started:
         console.print(f"started the Prefect server for this home: UI at {url.removesuffix('/api')} "
                       "(`atelier server stop` stops it)", highlight=False)
+    return url
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Around a command's flow calls: the Prefect API to use (PREFECT_API_URL, or this home's local
+    server, started in the background on first use and reused by later commands)."""
+    url = api_url()
     before = os.environ.get("PREFECT_API_URL")
     # before Prefect reads its settings: this process's threads and the processes a flow starts
     # (process and Dask task runners) see the same API

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_common import console, emit, fail, prefect_api, progress
+from flows.cli_common import api_url, console, emit, fail, prefect_api, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -58,16 +58,12 @@ def datasets(as_json: bool = typer.Option(False, "--json")) -> None:
 def _unchanged(store, sources: list[Path], dataset: str, options: dict, settings: dict) -> dict | None:
     """A no-op re-ingest: the report, with its flow run recorded as Completed (no Prefect import, no engine)."""
     from flows.ingest_noop import unchanged_report
-    from flows.prefect_server import PrefectUnavailable, ensure_api
     from flows.quick_run import record_completed_run
 
     report = unchanged_report(store, sources, dataset, options, settings)
     if report is None:
         return None
-    try:
-        url, _ = ensure_api()
-    except PrefectUnavailable as error:
-        fail(str(error))
+    url = api_url()
     parameters = {"sources": [str(s) for s in sources], "dataset": dataset, "options": options,
                   "dataset_settings": settings}
     message = f"nothing to do: {report['unchanged']} files already in {dataset} at the same paths"

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_common import console, emit, fail, parse_sets, prefect_api, progress
+from flows.cli_common import api_url, console, emit, fail, parse_sets, prefect_api, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -24,9 +24,10 @@ def prepare(
     as_json: bool = typer.Option(False, "--json", help="per-step counts and times as one JSON object"),
 ) -> None:
     """Run the pipeline's steps over a dataset; only what changed since the last run is computed."""
-    from flows.prepare import prepare as run_prepare
     from flows.pipeline import load_pipeline
+    from flows.pipeline_run import check_pipeline
     from store.datasets import DatasetNotFound
+    from store.db import open_store
 
     overrides = parse_sets(sets)
     try:
@@ -35,6 +36,40 @@ def prepare(
         fail(str(error))
     if commit and not message:
         fail("--commit needs -m MESSAGE")
+    pipeline_name = str(pipeline) if pipeline else None
+    store = open_store()
+    try:
+        check_pipeline(store, name, config, pipeline_name)
+    except (DatasetNotFound, ValueError) as error:
+        fail(str(error))
+    summary = _cached(store, name, config, pipeline_name, overrides, message if commit else None)
+    if summary is None:
+        summary = _run_flow(name, config, pipeline_name, overrides, message if commit else None)
+    _print_summary(name, summary, as_json)
+
+
+def _cached(store, name: str, config, pipeline: str | None, overrides: dict, commit_message: str | None) -> dict | None:
+    """Every step cached: the summary, its run recorded as Completed (no Prefect import, no engine)."""
+    from flows.prepare_noop import cached_run
+    from flows.quick_run import record_completed_run
+
+    url = api_url()  # before anything is written: a dead server fails the command first
+    summary = cached_run(store, name, config, commit_message)
+    if summary is None:
+        return None
+    message = (f"nothing to do: {summary['members']} members, every step cached "
+               f"({', '.join(c['step'] for c in summary['steps'])})")
+    parameters = {"dataset": name, "pipeline": pipeline, "overrides": overrides, "commit_message": commit_message}
+    run_id = record_completed_run(url, "prepare", parameters, message)
+    where = f". View at {url.removesuffix('/api')}/runs/flow-run/{run_id}" if run_id else " (not recorded: the Prefect API refused it)"
+    console.print(f"prepare {name}: {message}{where}", highlight=False, soft_wrap=True)
+    return summary
+
+
+def _run_flow(name: str, config, pipeline: str | None, overrides: dict, commit_message: str | None) -> dict:
+    from flows.prepare import prepare as run_prepare
+    from store.datasets import DatasetNotFound
+
     with prefect_api(), progress() as bar:
         tasks = {step.id: bar.add_task(step.id, total=None) for step in config.steps}
 
@@ -42,10 +77,12 @@ def prepare(
             bar.update(tasks[step_id], completed=done if total else 1, total=total or 1)
 
         try:
-            summary = run_prepare(name, str(pipeline) if pipeline else None, overrides,
-                                  message if commit else None, on_progress)
+            return run_prepare(name, pipeline, overrides, commit_message, on_progress, checked=True)
         except (DatasetNotFound, ValueError) as error:
             fail(str(error))
+
+
+def _print_summary(name: str, summary: dict, as_json: bool) -> None:
     if as_json:  # the markdown and contact-sheet path are for the Prefect UI, not the JSON summary
         summary.pop("report", None)
     emit(summary, as_json)

@@ -7,7 +7,10 @@ is pure: blobs in, result JSON out (written to the blob store under `results/`, 
 by the prepare flow, which records it in one transaction as for any task runner). A batch whose flow
 run crashed, or whose heartbeat (beside its result, every few seconds while it runs) has not changed
 for `batch_timeout_s` (its worker was lost), is cancelled and given to the pool once more; the step's
-cache makes a re-run of a killed prepare do only what is missing.
+cache makes a re-run of a killed prepare do only what is missing. Before its first heartbeat a batch
+is starting a Python process on a worker that may be busy: from the worker taking it to that first
+beat it may be silent for STARTUP_GRACE_S (or `batch_timeout_s`, if longer), each change of its
+flow run's state counting as a sign of life.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from prefect import flow
 from store.blobs import BlobStore
 
 HEARTBEAT_S = 5.0  # a running batch touches its heartbeat this often
+STARTUP_GRACE_S = 120.0  # a batch taken by a worker may be silent this long before its first heartbeat
 
 
 def result_path(blobs: BlobStore, key: str) -> str:
@@ -55,6 +59,7 @@ def prepare_batch_flow(step: str, params: dict, blobs_url: str, items: list[dict
     blobs.check()  # a worker that cannot reach the store (endpoint, credentials) fails the batch now, in one line
     done = threading.Event()
     threading.Thread(target=_beat, args=(blobs, result_key, done), daemon=True).start()
+    print(f"batch {result_key}: {step} on {len(items)} images, heartbeat started")
     try:
         output = run_batch(step, params, blobs_url, items)
     finally:
@@ -77,19 +82,21 @@ class PoolFuture:
         self.flow_run = run_deployment(self.submitter.deployment, timeout=0, as_subflow=True,
                                        parameters={"step": step, "params": params, "blobs_url": blobs_url,
                                                    "items": items, "result_key": self.key})
-        # local clock of the last sign of life: a worker took it (Pending/Running) or its heartbeat changed;
-        # waiting in the queue for a free worker is not a sign of loss
-        self.alive_at, self.beat = None, None
+        # local clock of the last sign of life: a worker took it (Pending), it started (Running), its
+        # heartbeat changed; waiting in the queue for a free worker is not a sign of loss
+        self.alive_at, self.beat, self.state_name = None, None, None
         self.attempts += 1
 
-    def _silent_for(self, blobs: BlobStore) -> float:
+    def _lost(self, blobs: BlobStore, state_name: str) -> bool:
+        """Silent for longer than allowed: batch_timeout_s after its first beat, the start-up grace before."""
         try:
             beat = blobs.fs.cat_file(heartbeat_path(blobs, self.key))
         except FileNotFoundError:
             beat = None
-        if beat != self.beat:
-            self.beat, self.alive_at = beat, time.monotonic()
-        return time.monotonic() - self.alive_at
+        if beat != self.beat or state_name != self.state_name:
+            self.beat, self.state_name, self.alive_at = beat, state_name, time.monotonic()
+        allowed = self.submitter.timeout_s if self.beat is not None else max(STARTUP_GRACE_S, self.submitter.timeout_s)
+        return time.monotonic() - self.alive_at > allowed
 
     def _forget(self, blobs: BlobStore) -> None:
         for path in (result_path(blobs, self.key), heartbeat_path(blobs, self.key)):
@@ -108,11 +115,10 @@ class PoolFuture:
                     output = json.loads(blobs.fs.cat_file(result_path(blobs, self.key)))
                     self._forget(blobs)
                     return output
-                if self.alive_at is None and state is not None and not state.is_scheduled():
-                    self.alive_at = time.monotonic()
-                lost = self.alive_at is not None and self._silent_for(blobs) > self.submitter.timeout_s
+                taken = state is not None and not state.is_scheduled()
+                lost = taken and self._lost(blobs, state.name)
                 if (state is not None and state.is_final()) or lost:
-                    reason = (f"no heartbeat for {self.submitter.timeout_s:g} s (its worker lost?)"
+                    reason = (f"no heartbeat for {time.monotonic() - self.alive_at:.0f} s (its worker lost?)"
                               if lost else f"{state.name}: {state.message}")
                     if self.attempts >= 2:
                         raise RuntimeError(f"batch flow run {self.flow_run.id} {reason}; given twice, giving up")

@@ -18,11 +18,10 @@ FILTER_DOC = ("Filter parameters: tags_all, tags_any, tags_none (comma-separated
               "sort (date|confidence|score:<name>), order (asc|desc), page, per_page (≤ 200).")
 
 
-def grid_data(request: Request, dataset: str) -> dict:
+def grid_data(request: Request, session, dataset_id: int, dataset: str) -> dict:
     f = queries.grid_filter_from_params(request.query_params)
-    with request.app.state.store.session() as session:
-        page = queries.grid_page(session, queries.dataset_id(session, dataset), f)
-        tops = tag_counts.top_tags(session, [item["id"] for item in page["items"]])
+    page = queries.grid_page(session, dataset_id, f)
+    tops = tag_counts.top_tags(session, [item["id"] for item in page["items"]])
     for item in page["items"]:
         item["tags"] = tops.get(item["id"], [])
     page["dataset"] = dataset
@@ -46,14 +45,15 @@ def api_datasets(request: Request, user: UserInfo = Depends(reader)):
 @router.get("/api/datasets/{dataset}/members", tags=["grid"], description=FILTER_DOC)
 def api_grid(request: Request, dataset: str, user: UserInfo = Depends(reader)):
     """One page of the dataset's members matching the filter."""
-    return json_response(grid_data(request, dataset))
+    with request.app.state.store.session() as session:
+        return json_response(grid_data(request, session, queries.dataset_id(session, dataset), dataset))
 
 
 @router.get("/d/{dataset}", include_in_schema=False)
 def grid_page(request: Request, dataset: str, user: UserInfo = Depends(reader)):
-    page = grid_data(request, dataset)
-    with request.app.state.store.session() as session:
+    with request.app.state.store.session() as session:  # one session (one pooled connection) per page
         ds = queries.dataset_id(session, dataset)
+        page = grid_data(request, session, ds, dataset)
         score_names = queries.score_names(session, ds)
         latest = reviews.latest_review(session, user.name, ds)
         resume = ({"id": latest.id, "member_id": latest.member_ids[latest.position],

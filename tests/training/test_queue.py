@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from store.slot_locks import SlotBusy, slot_lock
+from tests.deployments import PULL_FROM_CHECKOUT
 from tests.training.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def test_queued_runs_train_one_after_the_other_and_a_cancelled_one_never_starts(
         async with get_client() as client:
             flow_id = await client.create_flow_from_name("train")
             await client.create_deployment(flow_id=flow_id, name=name, work_pool_name=pool,
-                                           entrypoint="flows/train.py:train_flow", path=str(ROOT))
+                                           entrypoint="flows/train.py:train_flow", pull_steps=PULL_FROM_CHECKOUT)
 
     asyncio.run(deployment())
     monkeypatch.setenv("ATELIER_TRAIN_DEPLOYMENT", f"train/{name}")
