@@ -7,10 +7,10 @@ is pure: blobs in, result JSON out (written to the blob store under `results/`, 
 by the prepare flow, which records it in one transaction as for any task runner). A batch whose flow
 run crashed, or whose heartbeat (beside its result, every few seconds while it runs) has not changed
 for `batch_timeout_s` (its worker was lost), is cancelled and given to the pool once more; the step's
-cache makes a re-run of a killed prepare do only what is missing. Before its first heartbeat a batch
-is starting a Python process on a worker that may be busy: from the worker taking it to that first
-beat it may be silent for STARTUP_GRACE_S (or `batch_timeout_s`, if longer), each change of its
-flow run's state counting as a sign of life.
+cache makes a re-run of a killed prepare do only what is missing. While its flow run is Pending a batch
+is starting a Python process on a worker that may be busy: until it runs (or beats) it may be silent
+for STARTUP_GRACE_S (or `batch_timeout_s`, if longer); each change of its flow run's state counts as
+a sign of life, and the first beat comes before the step's own imports.
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def _beat(blobs: BlobStore, key: str, done: threading.Event) -> None:
 def prepare_batch_flow(step: str, params: dict, blobs_url: str, items: list[dict], result_key: str) -> str:
     """One step on one batch, on whichever worker of the pool takes it; the result goes to the blob store,
     and a heartbeat beside it while it runs (the prepare run tells a slow batch from a lost worker by it)."""
-    from flows.prepare import run_batch
-
     blobs = BlobStore(blobs_url)
     blobs.check()  # a worker that cannot reach the store (endpoint, credentials) fails the batch now, in one line
     done = threading.Event()
     threading.Thread(target=_beat, args=(blobs, result_key, done), daemon=True).start()
     print(f"batch {result_key}: {step} on {len(items)} images, heartbeat started")
     try:
+        from flows.pipeline_run import run_batch  # the step's imports come after the first heartbeat
+
         output = run_batch(step, params, blobs_url, items)
     finally:
         done.set()
@@ -88,14 +88,15 @@ class PoolFuture:
         self.attempts += 1
 
     def _lost(self, blobs: BlobStore, state_name: str) -> bool:
-        """Silent for longer than allowed: batch_timeout_s after its first beat, the start-up grace before."""
+        """Silent for longer than allowed: batch_timeout_s once it runs, the start-up grace before."""
         try:
             beat = blobs.fs.cat_file(heartbeat_path(blobs, self.key))
         except FileNotFoundError:
             beat = None
         if beat != self.beat or state_name != self.state_name:
             self.beat, self.state_name, self.alive_at = beat, state_name, time.monotonic()
-        allowed = self.submitter.timeout_s if self.beat is not None else max(STARTUP_GRACE_S, self.submitter.timeout_s)
+        starting = self.beat is None and state_name != "Running"  # its process is still importing
+        allowed = max(STARTUP_GRACE_S, self.submitter.timeout_s) if starting else self.submitter.timeout_s
         return time.monotonic() - self.alive_at > allowed
 
     def _forget(self, blobs: BlobStore) -> None:
