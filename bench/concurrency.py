@@ -29,13 +29,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(home: Path, url: str, workers: int) -> tuple[subprocess.Popen, str]:
-    """`atelier serve --workers W` over the bench store; returns (process, base URL) once it answers."""
+SERVERS = {
+    # what a curator runs: httptools + uvloop (uvicorn[standard]), 2 request threads per worker,
+    # connections closed after 8 requests so that they spread over the workers
+    "atelier": (lambda port, workers: [sys.executable, "-c", "from flows.cli import app; app()", "serve",
+                                       "--port", str(port), "--workers", str(workers)], {}),
+    # the baseline, as the issue measured it: the same app under uvicorn's pure-Python h11 parser and
+    # asyncio's loop, anyio's 40 threads, connections kept where they were accepted
+    "before": (lambda port, workers: [sys.executable, "-m", "uvicorn", "dashboards.app:app_from_environment",
+                                      "--factory", "--port", str(port), "--workers", str(workers), "--http", "h11",
+                                      "--loop", "asyncio", "--log-level", "warning"],
+               {"ATELIER_DASHBOARD_THREADS": "40", "ATELIER_KEEPALIVE_REQUESTS": "0"}),
+}
+
+
+def start_server(home: Path, url: str, workers: int, server: str = "atelier") -> tuple[subprocess.Popen, str]:
+    """`atelier serve --workers W` (or the baseline) over the bench store; (process, base URL) once it answers."""
     port = free_port()
+    argv, overrides = SERVERS[server]
     env = {**os.environ, "ATELIER_HOME": str(home), "ATELIER_DATABASE_URL": url,
-           "ATELIER_BLOBS": str(home / "blobs"), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-c", "from flows.cli import app; app()", "serve", "--port", str(port),
-                                "--workers", str(workers)], cwd=ROOT, env=env,
+           "ATELIER_BLOBS": str(home / "blobs"), "OMP_NUM_THREADS": "1", **overrides}
+    process = subprocess.Popen(argv(port, workers), cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -86,7 +100,8 @@ def client_run(client: httpx.Client, requests: int, pages: int, seed: int, out: 
 
 
 def measure(base: str, password: str, concurrency: int, requests: int, pages: int) -> dict[str, tuple[float, float]]:
-    """{endpoint: (p50, p95) in ms} with `concurrency` clients each making `requests` requests at once."""
+    """{endpoint: (p50, p95) in ms} with `concurrency` clients each making `requests` requests at once,
+    and "client cpu": this process's CPU ms per request (the clients share the server's cores)."""
     out: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
     clients = [logged_in(base, password) for _ in range(concurrency)]
     errors: list[BaseException] = []
@@ -101,32 +116,37 @@ def measure(base: str, password: str, concurrency: int, requests: int, pages: in
                 errors.append(error)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(concurrency)]
+        cpu = time.process_time()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        cpu = (time.process_time() - cpu) * 1000 / (concurrency * requests)
     finally:
         for c in clients:
             c.close()
     if errors:
         raise errors[0]
-    return {name: (statistics.median(v), pct(v, 0.95)) for name, v in out.items()}
+    return {**{name: (statistics.median(v), pct(v, 0.95)) for name, v in out.items()}, "client cpu": (cpu, cpu)}
 
 
 def run_concurrency(home: Path, url: str, label: str, password: str, concurrency: int, workers: list[int],
-                    requests: int, pages: int) -> list[tuple]:
+                    requests: int, pages: int, servers: list[str] = ("atelier",)) -> list[tuple]:
     rows = []
-    for w in workers:
-        process, base = start_server(home, url, w)
-        try:
-            alone = measure(base, password, 1, requests, pages)  # one client: the service time itself
-            load = os.getloadavg()[0]
-            found = measure(base, password, concurrency, requests, pages)
-        finally:
-            stop_server(process)
-        for name, (p50, p95) in found.items():
-            rows.append((label, w, name, p50, p95, alone[name][0], load))
-            print(f"[{label}] workers {w}  {name:12} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
-                  f"({concurrency} clients × {requests} requests; one client alone p50 {alone[name][0]:.1f} ms; "
-                  f"load average {load:.1f} on {os.cpu_count()} CPUs)", flush=True)
+    for server in servers:
+        for w in workers:
+            process, base = start_server(home, url, w, server)
+            try:
+                alone = measure(base, password, 1, requests, pages)  # one client: the service time itself
+                load = os.getloadavg()[0]
+                found = measure(base, password, concurrency, requests, pages)
+            finally:
+                stop_server(process)
+            client_cpu = found.pop("client cpu")[0]
+            for name, (p50, p95) in found.items():
+                rows.append((label, server, w, name, p50, p95, alone[name][0], client_cpu))
+                print(f"[{label}] {server:7} workers {w}  {name:12} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
+                      f"({concurrency} clients × {requests} requests; one client alone p50 {alone[name][0]:.1f} ms; "
+                      f"client CPU {client_cpu:.1f} ms/request; load average {load:.1f} on {os.cpu_count()} CPUs)",
+                      flush=True)
     return rows

@@ -4,7 +4,9 @@
     .venv/bin/python bench/dashboard.py --concurrency 20 [--workers 1,4] [--images 1500] [--db both]
 
 With --concurrency N: N clients at once against `atelier serve --workers W` for each W (bench/concurrency.py),
-p50/p95 of the grid page and the members API as the clients see them. Target: p95 ≤ 150 ms.
+p50/p95 of the grid page and the members API as the clients see them, beside the same app under
+uvicorn's pure-Python h11 parser, asyncio's loop, 40 request threads and kept-alive connections left
+where they were accepted — the server as the issue measured it (--servers). Target: p95 ≤ 150 ms.
 
 Seeds a fresh store with bulk inserts (COPY on PostgreSQL), then reports p50/p95 of the app's own
 time (its Server-Timing header) for the grid page without and with tag filters, the image view,
@@ -160,7 +162,8 @@ def concurrent(url: str, label: str, args) -> list[tuple]:
     pages = max(1, args.images // 48)
     workers = [int(w) for w in args.workers.split(",")]
     try:
-        return run_concurrency(home, url, label, PASSWORD, args.concurrency, workers, args.requests, pages)
+        return run_concurrency(home, url, label, PASSWORD, args.concurrency, workers, args.requests, pages,
+                               args.servers.split(","))
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -175,9 +178,12 @@ def main_concurrency(args) -> None:
             results += concurrent(f"{server}/postgres", "postgres", args)
     print(f"\nsummary: {args.concurrency} concurrent clients, {args.images:,} images × {args.tags_per_image} tags, "
           f"client-side latency (ms; target p95 ≤ {TARGET_MS:.0f} ms)")
-    for label, w, name, p50, p95, alone, load in results:
-        print(f"  {label:9} workers {w}  {name:12} p50 {p50:7.1f}  p95 {p95:7.1f}  alone p50 {alone:6.1f}  "
-              f"load {load:4.1f}  {'meets' if p95 <= TARGET_MS else 'misses'} the target")
+    baseline = {(label, w, name): p95 for label, server, w, name, _, p95, _, _ in results if server == "before"}
+    for label, server, w, name, p50, p95, alone, client_cpu in results:
+        ratio = (f"  {p95 / baseline[label, w, name]:.2f}× the baseline's p95"
+                 if server != "before" and (label, w, name) in baseline else "")
+        print(f"  {label:9} {server:7} workers {w}  {name:12} p50 {p50:7.1f}  p95 {p95:7.1f}  alone p50 {alone:6.1f}  "
+              f"client CPU {client_cpu:4.1f} ms/req  {'meets' if p95 <= TARGET_MS else 'misses'} the target{ratio}")
 
 
 def main() -> None:
@@ -189,6 +195,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=0, help="N clients at once against atelier serve")
     parser.add_argument("--workers", default="1,4", help="with --concurrency: uvicorn worker counts to compare")
     parser.add_argument("--requests", type=int, default=40, help="with --concurrency: requests per client")
+    parser.add_argument("--servers", default="atelier,before",
+                        help="with --concurrency: atelier (as shipped) and/or before (the baseline)")
     args = parser.parse_args()
     if args.concurrency:
         args.images = args.images or 1500

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -31,6 +32,8 @@ from store.users import UserError
 from store.versions import NothingToCommit, VersionNotFound
 
 STATIC = Path(__file__).parent / "static"
+DEFAULT_THREADS = 2  # requests at once per worker process (see _thread_limit)
+KEEPALIVE_REQUESTS = 8  # per connection, with several workers: often enough to even them out within seconds
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
@@ -49,20 +52,43 @@ def _error(request: Request, status: int, message: str, headers: dict | None = N
 class HeaderMiddleware:
     """Server-Timing and security headers on every response, and `Secure` on cookies sent over HTTPS.
 
+    With `keepalive_requests` (several worker processes), a connection is closed after that many
+    requests (`Connection: close`, as Apache's MaxKeepAliveRequests and nginx's keepalive_requests do):
+    the browser reconnects and whichever worker is free takes it. Without it, kept-alive connections
+    stay where they were first accepted (17 of 20 curators on one of two workers, measured), and one
+    worker queues while the other idles.
+
     Plain ASGI, not @app.middleware("http"): that wrapper cost about a millisecond per request."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, keepalive_requests: int | None = None):
+        self.app, self.keepalive_requests = app, keepalive_requests
+        self.served: dict[tuple, int] = {}  # requests so far per open connection (client address and port)
+
+    def _last_on_connection(self, scope) -> bool:
+        if not self.keepalive_requests or not scope.get("client"):
+            return False
+        key = tuple(scope["client"])
+        count = self.served.get(key, 0) + 1
+        if count >= self.keepalive_requests:
+            self.served.pop(key, None)
+            return True
+        if len(self.served) > 10_000:  # connections the clients closed themselves
+            self.served.clear()
+        self.served[key] = count
+        return False
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         https = scope.get("scheme") == "https"  # behind a trusted TLS proxy or uvicorn --ssl-*: cookies only over TLS
+        close = self._last_on_connection(scope)
 
         async def sending(message):
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])]
+                if close:
+                    headers.append((b"connection", b"close"))
                 names = {k.lower() for k, _ in headers}
                 headers.append((b"server-timing", f"app;dur={(time.perf_counter() - start) * 1000:.2f}".encode()))
                 for name, value in ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")):
@@ -77,11 +103,31 @@ class HeaderMiddleware:
         await self.app(scope, receive, sending)
 
 
-def create_app(store: Store | None = None, *, secure_cookies: bool | None = None) -> FastAPI:
-    """The dashboard app over `store` (default: the store from the environment)."""
+def _thread_limit(threads: int):
+    """A lifespan that runs at most `threads` requests at once in this process (the rest wait their
+    turn). Requests are GIL-bound: 40 threads (anyio's default) interleave every request with every
+    other, and SQLite, which releases the GIL on every row, waits for it again on each one; with 20
+    curators on two cores the slowest twentieth of requests took twice as long as with 2 threads."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+
+    return lifespan
+
+
+def create_app(store: Store | None = None, *, secure_cookies: bool | None = None,
+               keepalive_requests: int | None = None, threads: int | None = None) -> FastAPI:
+    """The dashboard app over `store` (default: the store from the environment). `keepalive_requests`:
+    requests per connection before it is closed (see HeaderMiddleware; for several workers);
+    `threads`: requests served at once per process (default ATELIER_DASHBOARD_THREADS, else 2)."""
     store = store or open_store()
+    threads = threads or int(os.environ.get("ATELIER_DASHBOARD_THREADS") or DEFAULT_THREADS)
     app = FastAPI(title="Atelier dashboard", summary="Review tags and captions, commit versions, watch runs",
-                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json", lifespan=_thread_limit(threads))
     app.state.store = store
     app.state.login_throttle = Throttle()
     app.state.secret_key = secret_key(store.settings.home)
@@ -92,7 +138,7 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
                        session_cookie="atelier_session", same_site="strict", https_only=secure_cookies,
                        max_age=12 * 3600)
 
-    app.add_middleware(HeaderMiddleware)
+    app.add_middleware(HeaderMiddleware, keepalive_requests=keepalive_requests)
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, error: Conflict):
@@ -143,8 +189,10 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
 
 
 def app_from_environment() -> FastAPI:
-    """The app over the store from the environment (what each `atelier serve --workers N` process runs)."""
-    return create_app(open_store())
+    """The app over the store from the environment (what each `atelier serve --workers N` process runs);
+    ATELIER_KEEPALIVE_REQUESTS (default 8, 0: never close) as in HeaderMiddleware."""
+    keepalive = int(os.environ.get("ATELIER_KEEPALIVE_REQUESTS", KEEPALIVE_REQUESTS))
+    return create_app(open_store(), keepalive_requests=keepalive or None)
 
 
 def _jsonable(value):

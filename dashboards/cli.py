@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -123,7 +124,9 @@ def proxy_options(forwarded_allow_ips: str) -> dict:
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8000, "--port", help="port to listen on"),
-    workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes (several curators at once: 2–4)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes (several curators at once: one or two per core)"),
+    threads: int = typer.Option(0, "--threads", min=0, help="requests served at once per worker (default 2, "
+                                "ATELIER_DASHBOARD_THREADS; more for a PostgreSQL server far away)"),
     forwarded_allow_ips: str = typer.Option(
         "", "--forwarded-allow-ips",
         help="comma-separated proxy addresses whose X-Forwarded-For/-Proto are trusted (default: none)"),
@@ -148,6 +151,8 @@ def serve(
     emit({"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/docs"}, as_json)
     console.print(f"dashboard on http://{host}:{port}  (API docs: /docs)")
     proxy = proxy_options(forwarded_allow_ips)
+    if threads:  # read by every worker process's app
+        os.environ["ATELIER_DASHBOARD_THREADS"] = str(threads)
     if workers > 1:  # each worker process builds its own app (and database pool) from the environment
         uvicorn.run("dashboards.app:app_from_environment", factory=True, host=host, port=port,
                     workers=workers, log_level="info", **proxy)

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from store.models import AuditEntry, Member, Tag
@@ -22,17 +22,20 @@ _cache: dict[tuple, tuple[float, list[dict[str, Any]]]] = {}
 _lock = threading.Lock()
 
 
+_TAGS = Tag.__table__.c
+# built once, Core columns on the session's connection: no statement building and no ORM result per grid
+# page; ordered by the database (a window function to cut at `n` cost three times as much on SQLite)
+_CELL_TAGS = (select(_TAGS.member_id, _TAGS.text, _TAGS.status)
+              .where(_TAGS.member_id.in_(bindparam("ids", expanding=True)))
+              .order_by(_TAGS.member_id, _TAGS.status == "rejected", _TAGS.position, _TAGS.text))
+
+
 def top_tags(session: Session, member_ids: list[int], n: int = CELL_TAGS) -> dict[int, list[dict[str, str]]]:
     """The first `n` tags of each member in caption order; rejected ones last."""
     if not member_ids:
         return {}
-    # ranked here, not by a window function: a 48-cell page's ~1,000 rows sorted in Python cost half
-    # of what SQLite's ROW_NUMBER() OVER (…) took, and a grid page asks on every load
-    rows = session.execute(select(Tag.member_id, Tag.text, Tag.status, Tag.position)
-                           .where(Tag.member_id.in_(member_ids))).all()
-    rows.sort(key=lambda row: (row[0], row[2] == "rejected", row[3], row[1]))
     out: dict[int, list[dict[str, str]]] = {}
-    for member_id, text, status, _ in rows:
+    for member_id, text, status in session.connection().execute(_CELL_TAGS, {"ids": list(member_ids)}):
         cell = out.setdefault(member_id, [])
         if len(cell) < n:
             cell.append({"text": text, "status": status})
