@@ -99,8 +99,8 @@ def client_run(client: httpx.Client, requests: int, pages: int, seed: int, out: 
         out[name].append(elapsed)
 
 
-def measure(base: str, password: str, concurrency: int, requests: int, pages: int) -> dict[str, tuple[float, float]]:
-    """{endpoint: (p50, p95) in ms} with `concurrency` clients each making `requests` requests at once,
+def measure(base: str, password: str, concurrency: int, requests: int, pages: int) -> dict[str, tuple]:
+    """{endpoint: (p50, p95, mean) in ms} with `concurrency` clients each making `requests` requests at once,
     and "client cpu": this process's CPU ms per request (the clients share the server's cores)."""
     out: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
     clients = [logged_in(base, password) for _ in range(concurrency)]
@@ -127,7 +127,8 @@ def measure(base: str, password: str, concurrency: int, requests: int, pages: in
             c.close()
     if errors:
         raise errors[0]
-    return {**{name: (statistics.median(v), pct(v, 0.95)) for name, v in out.items()}, "client cpu": (cpu, cpu)}
+    return {**{name: (statistics.median(v), pct(v, 0.95), statistics.fmean(v)) for name, v in out.items()},
+            "client cpu": (cpu, cpu, cpu)}
 
 
 def run_concurrency(home: Path, url: str, label: str, password: str, concurrency: int, workers: list[int],
@@ -143,10 +144,10 @@ def run_concurrency(home: Path, url: str, label: str, password: str, concurrency
             finally:
                 stop_server(process)
             client_cpu = found.pop("client cpu")[0]
-            for name, (p50, p95) in found.items():
-                rows.append((label, server, w, name, p50, p95, alone[name][0], client_cpu))
+            for name, (p50, p95, mean) in found.items():
+                rows.append((label, server, w, name, p50, p95, mean, alone[name][0], client_cpu))
                 print(f"[{label}] {server:7} workers {w}  {name:12} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
-                      f"({concurrency} clients × {requests} requests; one client alone p50 {alone[name][0]:.1f} ms; "
-                      f"client CPU {client_cpu:.1f} ms/request; load average {load:.1f} on {os.cpu_count()} CPUs)",
-                      flush=True)
+                      f"mean {mean:7.1f} ms  ({concurrency} clients × {requests} requests; one client alone p50 "
+                      f"{alone[name][0]:.1f} ms; client CPU {client_cpu:.1f} ms/request; load average {load:.1f} "
+                      f"on {os.cpu_count()} CPUs)", flush=True)
     return rows

@@ -20,13 +20,29 @@ from PIL import Image
 from flows.pipeline import PipelineConfig, StepConfig, steps_without_weights
 from preprocess.load import open_image
 from preprocess.masks import carry_masks
-from preprocess.steps import (Item, LoadedStep, cache_params_hash, check_params, dataset_pass, load_step, model_fingerprint,
-                              params_hash, step_version)
+from preprocess.steps import (
+    Item,
+    LoadedStep,
+    cache_params_hash,
+    check_params,
+    dataset_pass,
+    load_step,
+    model_fingerprint,
+    params_hash,
+    step_version,
+)
 from store.blobs import BlobStore
 from store.datasets import get_dataset
 from store.db import Store
 from store.registry import load_registry
-from store.step_results import MemberState, advance, apply_to_member, find_results, load_member_states, record_result
+from store.step_results import (
+    MemberState,
+    advance,
+    apply_to_member,
+    find_results,
+    load_member_states,
+    record_result,
+)
 
 # Loaded steps, per worker thread: model objects (OpenCV cascades among them) are not all safe to
 # call from two threads at once, so each worker thread loads its own copy once and reuses it.

@@ -8,14 +8,21 @@ configured task runner (or flow runs on a work pool), with its report published 
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import PipelineConfig, load_pipeline
-from flows.pipeline_run import PROGRESS, check_pipeline, commit_after_run, loaded_step, plan_step, run_batch, run_pipeline
+from flows.pipeline_run import (
+    PROGRESS,
+    check_pipeline,
+    commit_after_run,
+    loaded_step,
+    plan_step,
+    run_batch,
+    run_pipeline,
+)
 from store.db import open_store
 
 __all__ = ["loaded_step", "plan_step", "prepare", "prepare_flow", "run_batch", "run_pipeline"]
@@ -58,7 +65,6 @@ def prepare_flow(dataset: str, pipeline: str | None = None, overrides: dict | No
     Batches run as `run-step` tasks on the flow's task runner (see `prepare`, which picks it from the config).
     """
     from flows.prepare_report import publish_report
-
     from flows.worker_check import check_worker_store
 
     check_worker_store()

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from store.models import AuditEntry, Member, Tag
@@ -30,15 +30,29 @@ _CELL_TAGS = (select(_TAGS.member_id, _TAGS.text, _TAGS.status)
               .order_by(_TAGS.member_id, _TAGS.status == "rejected", _TAGS.position, _TAGS.text))
 
 
+# PostgreSQL cuts each member's list at `n` itself: one index walk per member (half the time of
+# fetching every tag of the page)
+_CELL_TAGS_PG = text(
+    "SELECT m.id, t.text, t.status FROM unnest(CAST(:ids AS integer[])) AS m(id) CROSS JOIN LATERAL "
+    "(SELECT text, status, position FROM tags WHERE member_id = m.id "
+    "ORDER BY (status = 'rejected'), position, text LIMIT :n) AS t "
+    "ORDER BY m.id, (t.status = 'rejected'), t.position, t.text")
+
+
 def top_tags(session: Session, member_ids: list[int], n: int = CELL_TAGS) -> dict[int, list[dict[str, str]]]:
     """The first `n` tags of each member in caption order; rejected ones last."""
     if not member_ids:
         return {}
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(_CELL_TAGS_PG, {"ids": list(member_ids), "n": n})
+    else:
+        rows = connection.execute(_CELL_TAGS, {"ids": list(member_ids)})
     out: dict[int, list[dict[str, str]]] = {}
-    for member_id, text, status in session.connection().execute(_CELL_TAGS, {"ids": list(member_ids)}):
+    for member_id, tag, status in rows:
         cell = out.setdefault(member_id, [])
         if len(cell) < n:
-            cell.append({"text": text, "status": status})
+            cell.append({"text": tag, "status": status})
     return out
 
 
