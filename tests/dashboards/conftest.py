@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
@@ -63,6 +65,26 @@ def browser():
         instance.close()
 
 
+@contextmanager
+def served(app) -> Iterator[int]:
+    """`app` under uvicorn, as `atelier serve` runs it, on a free localhost port (yields the port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **proxy_options("")))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not web.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        web.should_exit = True
+        thread.join(10)
+
+
 @pytest.fixture
 def server(tmp_path, monkeypatch, photos):
     """(base URL, store, member ids): the seeded app served by uvicorn on a free localhost port."""
@@ -71,18 +93,6 @@ def server(tmp_path, monkeypatch, photos):
     monkeypatch.delenv("ATELIER_BLOBS", raising=False)
     store = Store(load_settings())
     ids = seed(store, photos)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    web = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning",
-                                        **proxy_options("")))  # as `atelier serve` runs it
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not web.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", store, ids
-    web.should_exit = True
-    thread.join(10)
+    with served(create_app(store)) as port:
+        yield f"http://127.0.0.1:{port}", store, ids
     store.dispose()

@@ -5,34 +5,16 @@ measures the effect; these tests pin the behaviour)."""
 from __future__ import annotations
 
 import http.client
-import socket
-import threading
-import time
 
 import anyio.to_thread
-import uvicorn
 from fastapi.testclient import TestClient
 
 from dashboards.app import app_from_environment, create_app
-
-
-def _serve(app):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    return server, thread, port
+from tests.dashboards.conftest import served
 
 
 def test_a_connection_is_closed_after_keepalive_requests_and_the_browser_reconnects(seeded):
-    server, thread, port = _serve(create_app(seeded[0], keepalive_requests=3))
-    try:
+    with served(create_app(seeded[0], keepalive_requests=3)) as port:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         closes, sockets = [], []
         for _ in range(7):
@@ -42,13 +24,10 @@ def test_a_connection_is_closed_after_keepalive_requests_and_the_browser_reconne
             response.read()
             closes.append(response.getheader("connection"))
             sockets.append(connection.sock.getsockname() if connection.sock else None)
-        assert closes == [None, None, "close", None, None, "close", None]
-        assert sockets[2] is None and sockets[5] is None  # the server ended those connections
-        assert sockets[0] == sockets[1] and sockets[3] == sockets[4] and sockets[0] != sockets[3]
         connection.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    assert closes == [None, None, "close", None, None, "close", None]
+    assert sockets[2] is None and sockets[5] is None  # the server ended those connections
+    assert sockets[0] == sockets[1] and sockets[3] == sockets[4] and sockets[0] != sockets[3]
 
 
 def test_connections_stay_open_with_one_worker(seeded):

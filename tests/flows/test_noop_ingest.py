@@ -4,30 +4,17 @@ goes through the flow as before."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
-from typer.testing import CliRunner
-
-from flows.cli import app
-
-runner = CliRunner()
+from tests.flows.cli_runs import command_json, latest_run
 
 
 def _ingest(*args: str) -> dict:
-    result = runner.invoke(app, ["ingest", *args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return command_json("ingest", *args)
 
 
 def _latest_ingest_run():
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest"])),
-                                     sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+    return latest_run("ingest")
 
 
 def test_a_no_op_reingest_records_a_completed_run_with_the_flows_report(atelier_env, prefect_harness, photos, tmp_path):

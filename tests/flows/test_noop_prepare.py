@@ -5,7 +5,6 @@ through the flow as before, and nothing is written by the look that found it."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,31 +13,21 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
-from flows.cli import app
+from tests.flows.cli_runs import command_json, latest_run
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
 PIPELINE = {"name": "small", "steps": [
     {"step": "upscale", "params": {"target": 256, "fallback": "lanczos"}, "when": "short_side < 256"},
     {"step": "quality"}]}
 
 
 def _prepare(*args: str) -> dict:
-    result = runner.invoke(app, ["prepare", *args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return command_json("prepare", *args)
 
 
 def _latest_prepare_run():
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["prepare"])),
-                                     sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)[0]
+    return latest_run("prepare")
 
 
 def _counts(summary: dict) -> list[tuple]:
