@@ -37,8 +37,18 @@ KEEPALIVE_REQUESTS = 8  # per connection, with several workers: often enough to 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
+def _subresource(request: Request) -> bool:
+    """An image (or script, style, fetch) a browser loads for a page, never a page itself: an error
+    for it gets no HTML page and no redirect to the login page. Rendering one would write a new CSRF
+    token into the session cookie — a thumbnail still loading after "Log out" did, after the login
+    page had set its own, and the login form then failed its CSRF check."""
+    dest = request.headers.get("sec-fetch-dest")
+    return (dest is not None and dest not in ("document", "iframe")) or request.headers.get("accept", "").startswith("image/")
+
+
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api") or "application/json" in request.headers.get("accept", "")
+    return (request.url.path.startswith("/api") or "application/json" in request.headers.get("accept", "")
+            or _subresource(request))
 
 
 def _error(request: Request, status: int, message: str, headers: dict | None = None):

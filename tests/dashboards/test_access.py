@@ -68,6 +68,21 @@ def test_pages_need_login_and_the_audit_log_needs_an_admin(client):
     assert client("boss").get("/api/audit").status_code == 200
 
 
+def test_an_image_loading_after_logout_gets_a_plain_401_and_leaves_the_session_cookie_alone(client, seeded):
+    """Not a redirect to the login page: rendering it would write a new CSRF token into the cookie,
+    over the one the login form carries (its CSRF check then failed)."""
+    store, ids = seeded
+    c = client("cur1")
+    sha = c.get("/api/datasets/portraits/members").json()["items"][0]["sha256"]
+    assert c.post("/api/logout").status_code == 200
+    for headers in ({"Sec-Fetch-Dest": "image", "Accept": "*/*"}, {"Accept": "image/avif,image/webp,*/*;q=0.8"}):
+        r = c.get(f"/thumbs/{sha}", headers=headers, follow_redirects=False)
+        assert r.status_code == 401 and r.json() == {"error": "log in first"}
+        assert "set-cookie" not in r.headers
+    page = c.get("/d/portraits", headers={"Sec-Fetch-Dest": "document"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+
+
 def test_session_cookie_is_httponly_and_samesite(client):
     c = client(None)
     r = c.post("/api/login", json={"name": "cur1", "password": PASSWORD})
