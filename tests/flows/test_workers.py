@@ -184,7 +184,7 @@ def test_two_workers_share_the_batches_and_a_lost_worker_loses_nothing(shared, m
     store.dispose()
 
     # worker loss: kill worker-b in the middle of a batch; when its heartbeat stops, the batch goes to worker-a
-    # (which may be busy and slow to start it: a batch not yet beating has the start-up grace)
+    # (which may be busy and slow to start it: a batch whose run is still Pending has the start-up grace)
     outcome: dict = {}
 
     def run():
