@@ -31,15 +31,18 @@ def free_port() -> int:
 
 SERVERS = {
     # what a curator runs: httptools + uvloop (uvicorn[standard]), 2 request threads per worker,
-    # connections closed after 8 requests so that they spread over the workers
+    # connections closed after 8 requests and when a worker is busier than the others (dashboards.balance),
+    # the collector frozen after start-up
     "atelier": (lambda port, workers: [sys.executable, "-c", "from flows.cli import app; app()", "serve",
                                        "--port", str(port), "--workers", str(workers)], {}),
     # the baseline, as the issue measured it: the same app under uvicorn's pure-Python h11 parser and
-    # asyncio's loop, anyio's 40 threads, connections kept where they were accepted
+    # asyncio's loop, anyio's 40 threads, connections kept where they were accepted, no load table
+    # among the workers, the collector not frozen
     "before": (lambda port, workers: [sys.executable, "-m", "uvicorn", "dashboards.app:app_from_environment",
                                       "--factory", "--port", str(port), "--workers", str(workers), "--http", "h11",
                                       "--loop", "asyncio", "--log-level", "warning"],
-               {"ATELIER_DASHBOARD_THREADS": "40", "ATELIER_KEEPALIVE_REQUESTS": "0"}),
+               {"ATELIER_DASHBOARD_THREADS": "40", "ATELIER_KEEPALIVE_REQUESTS": "0",
+                "ATELIER_GC_FREEZE": "0"}),
 }
 
 

@@ -5,8 +5,9 @@
 
 With --concurrency N: N clients at once against `atelier serve --workers W` for each W (bench/concurrency.py),
 p50/p95 of the grid page and the members API as the clients see them, beside the same app under
-uvicorn's pure-Python h11 parser, asyncio's loop, 40 request threads and kept-alive connections left
-where they were accepted — the server as the issue measured it (--servers). Target: p95 ≤ 150 ms.
+uvicorn's pure-Python h11 parser, asyncio's loop, 40 request threads, kept-alive connections left
+where they were accepted and the collector unfrozen — the server as the issue measured it (--servers).
+Target: p95 ≤ 150 ms.
 
 Seeds a fresh store with bulk inserts (COPY on PostgreSQL), then reports p50/p95 of the app's own
 time (its Server-Timing header) for the grid page without and with tag filters, the image view,

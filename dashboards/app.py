@@ -7,6 +7,7 @@ and /docs documents that API.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from contextlib import asynccontextmanager
@@ -21,6 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from dashboards.auth import secret_key
+from dashboards.balance import ENV as WORKER_LOAD_ENV
+from dashboards.balance import WorkerLoads
 from dashboards.routes import ROUTERS
 from store.audit import CannotUndo, Conflict, NothingToUndo
 from store.curation import CurationError, PreviewChanged
@@ -32,7 +35,7 @@ from store.users import UserError
 from store.versions import NothingToCommit, VersionNotFound
 
 STATIC = Path(__file__).parent / "static"
-DEFAULT_THREADS = 2  # requests at once per worker process (see _thread_limit)
+DEFAULT_THREADS = 2  # requests at once per worker process (see _worker_lifespan)
 KEEPALIVE_REQUESTS = 8  # per connection, with several workers: often enough to even them out within seconds
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
@@ -66,12 +69,14 @@ class HeaderMiddleware:
     requests (`Connection: close`, as Apache's MaxKeepAliveRequests and nginx's keepalive_requests do):
     the browser reconnects and whichever worker is free takes it. Without it, kept-alive connections
     stay where they were first accepted (17 of 20 curators on one of two workers, measured), and one
-    worker queues while the other idles.
+    worker queues while the other idles. With `loads` (the workers' shared table, dashboards.balance),
+    it counts this worker's requests in flight, and a worker clearly busier than the others' average
+    also closes the connection of the response it is sending, so that the browser moves elsewhere.
 
     Plain ASGI, not @app.middleware("http"): that wrapper cost about a millisecond per request."""
 
-    def __init__(self, app, keepalive_requests: int | None = None):
-        self.app, self.keepalive_requests = app, keepalive_requests
+    def __init__(self, app, keepalive_requests: int | None = None, loads: WorkerLoads | None = None):
+        self.app, self.keepalive_requests, self.loads = app, keepalive_requests, loads
         self.served: dict[tuple, int] = {}  # requests so far per open connection (client address and port)
 
     def _last_on_connection(self, scope) -> bool:
@@ -93,6 +98,7 @@ class HeaderMiddleware:
         start = time.perf_counter()
         https = scope.get("scheme") == "https"  # behind a trusted TLS proxy or uvicorn --ssl-*: cookies only over TLS
         close = self._last_on_connection(scope)
+        loads = self.loads
 
         async def sending(message):
             if message["type"] == "http.response.start":
@@ -100,6 +106,8 @@ class HeaderMiddleware:
                 if close:
                     headers.append((b"connection", b"close"))
                 names = {k.lower() for k, _ in headers}
+                if loads is not None and not close and loads.busier():
+                    headers.append((b"connection", b"close"))
                 headers.append((b"server-timing", f"app;dur={(time.perf_counter() - start) * 1000:.2f}".encode()))
                 for name, value in ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")):
                     if name not in names:
@@ -110,10 +118,16 @@ class HeaderMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, sending)
+        if loads is None:
+            return await self.app(scope, receive, sending)
+        loads.begin()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            loads.end()
 
 
-def _thread_limit(threads: int):
+def _worker_lifespan(threads: int, freeze_gc: bool):
     """A lifespan that runs at most `threads` requests at once in this process (the rest wait their
     turn). Requests are GIL-bound: 40 threads (anyio's default) interleave every request with every
     other, and SQLite, which releases the GIL on every row, waits for it again on each one; with 20
@@ -124,20 +138,30 @@ def _thread_limit(threads: int):
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        # What start-up built (modules, the app, templates, the ORM's caches) lives as long as the
+        # process: frozen, the collector stops walking it. Unfrozen, each full collection took 45–80 ms
+        # under load, about once a second per worker, and stalled every request queued in it.
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         yield
 
     return lifespan
 
 
 def create_app(store: Store | None = None, *, secure_cookies: bool | None = None,
-               keepalive_requests: int | None = None, threads: int | None = None) -> FastAPI:
+               keepalive_requests: int | None = None, threads: int | None = None,
+               loads: WorkerLoads | None = None, freeze_gc: bool = False) -> FastAPI:
     """The dashboard app over `store` (default: the store from the environment). `keepalive_requests`:
     requests per connection before it is closed (see HeaderMiddleware; for several workers);
-    `threads`: requests served at once per process (default ATELIER_DASHBOARD_THREADS, else 2)."""
+    `threads`: requests served at once per process (default ATELIER_DASHBOARD_THREADS, else 2);
+    `loads`: the workers' shared load table (see dashboards.balance); `freeze_gc`: freeze what start-up
+    built out of the collector's reach (for a served process: `atelier serve` sets it; a test process,
+    which builds many apps, must not, or the apps it drops stay frozen)."""
     store = store or open_store()
     threads = threads or int(os.environ.get("ATELIER_DASHBOARD_THREADS") or DEFAULT_THREADS)
     app = FastAPI(title="Atelier dashboard", summary="Review tags and captions, commit versions, watch runs",
-                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json", lifespan=_thread_limit(threads))
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json", lifespan=_worker_lifespan(threads, freeze_gc))
     app.state.store = store
     app.state.login_throttle = Throttle()
     app.state.secret_key = secret_key(store.settings.home)
@@ -148,7 +172,7 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
                        session_cookie="atelier_session", same_site="strict", https_only=secure_cookies,
                        max_age=12 * 3600)
 
-    app.add_middleware(HeaderMiddleware, keepalive_requests=keepalive_requests)
+    app.add_middleware(HeaderMiddleware, keepalive_requests=keepalive_requests, loads=loads)
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, error: Conflict):
@@ -198,11 +222,18 @@ def create_app(store: Store | None = None, *, secure_cookies: bool | None = None
     return app
 
 
+def freeze_gc_wanted() -> bool:
+    """ATELIER_GC_FREEZE (default 1; 0: leave the collector as Python starts it)."""
+    return os.environ.get("ATELIER_GC_FREEZE", "1").strip() != "0"
+
+
 def app_from_environment() -> FastAPI:
     """The app over the store from the environment (what each `atelier serve --workers N` process runs);
-    ATELIER_KEEPALIVE_REQUESTS (default 8, 0: never close) as in HeaderMiddleware."""
+    ATELIER_KEEPALIVE_REQUESTS (default 8, 0: never close) as in HeaderMiddleware, the load table that
+    `atelier serve` shares among its workers (ATELIER_WORKER_LOAD), ATELIER_GC_FREEZE."""
     keepalive = int(os.environ.get("ATELIER_KEEPALIVE_REQUESTS", KEEPALIVE_REQUESTS))
-    return create_app(open_store(), keepalive_requests=keepalive or None)
+    return create_app(open_store(), keepalive_requests=keepalive or None,
+                      loads=WorkerLoads.attach(os.environ.get(WORKER_LOAD_ENV)), freeze_gc=freeze_gc_wanted())
 
 
 def _jsonable(value):

@@ -139,7 +139,7 @@ def serve(
     `Secure`. Nobody else's forwarded headers are believed."""
     import uvicorn
 
-    from dashboards.app import create_app
+    from dashboards.app import create_app, freeze_gc_wanted
     from store.db import open_store
 
     store = open_store()
@@ -154,10 +154,18 @@ def serve(
     if threads:  # read by every worker process's app
         os.environ["ATELIER_DASHBOARD_THREADS"] = str(threads)
     if workers > 1:  # each worker process builds its own app (and database pool) from the environment
-        uvicorn.run("dashboards.app:app_from_environment", factory=True, host=host, port=port,
-                    workers=workers, log_level="info", **proxy)
+        from dashboards.balance import ENV, WorkerLoads
+
+        loads = WorkerLoads.create()  # the workers' requests in flight, to even out their connections
+        os.environ[ENV] = loads.name
+        try:
+            uvicorn.run("dashboards.app:app_from_environment", factory=True, host=host, port=port,
+                        workers=workers, log_level="info", **proxy)
+        finally:
+            loads.close()
+            loads.unlink()
     else:
-        uvicorn.run(create_app(store), host=host, port=port, log_level="info", **proxy)
+        uvicorn.run(create_app(store, freeze_gc=freeze_gc_wanted()), host=host, port=port, log_level="info", **proxy)
 
 
 def register(app: typer.Typer) -> None:

@@ -93,11 +93,23 @@ class Store:
         if migrate:
             upgrade(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads on PostgreSQL in autocommit: no BEGIN and COMMIT round trips around a request that only
+        # reads. Under READ COMMITTED (the default) each statement sees its own snapshot in a transaction
+        # too, so nothing is lost. pysqlite never opens a transaction for a SELECT: the same as session().
+        readers = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
+                   if self.engine.dialect.name == "postgresql" else self.engine)
+        self.readers = sessionmaker(readers, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on any error."""
         with self.sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for requests that only read (the dashboard's hot paths): never commits."""
+        with self.readers() as session:
             yield session
 
     def dispose(self) -> None:

@@ -47,14 +47,14 @@ def api_datasets(request: Request, user: UserInfo = Depends(reader)):
 @router.get("/api/datasets/{dataset}/members", tags=["grid"], description=FILTER_DOC)
 def api_grid(request: Request, dataset: str):
     """One page of the dataset's members matching the filter (any logged-in user)."""
-    with request.app.state.store.session() as session:
+    with request.app.state.store.reading() as session:
         reader_in(request, session)
         return json_response(grid_data(request, session, queries.dataset_id(session, dataset), dataset))
 
 
 @router.get("/d/{dataset}", include_in_schema=False)
 def grid_page(request: Request, dataset: str):
-    with request.app.state.store.session() as session:  # one session (one pooled connection) per page
+    with request.app.state.store.reading() as session:  # one session (one pooled connection) per page
         user = reader_in(request, session)
         ds = queries.dataset_id(session, dataset)
         page = grid_data(request, session, ds, dataset)
