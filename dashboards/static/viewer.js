@@ -27,7 +27,15 @@ function imageViewer() {
     document.getElementById("zoom-level").textContent =
       fitted ? `fit · ${Math.round(view.scale * 100 * size.w / v.width) || 0}%` : `${Math.round(view.scale * 100 * size.w / v.width)}%`;
   }
+  function fitRow() {
+    // the stage row reaches down to the window's bottom edge from wherever the toolbar above it ends
+    // (it wraps on narrow windows), so "fit" shows the whole image without scrolling
+    const row = document.getElementById("stage-row");
+    const top = row.getBoundingClientRect().top + window.scrollY;
+    row.style.height = `${Math.max(320, window.innerHeight - top - 12)}px`;
+  }
   function fit() {
+    fitRow();
     const box = mainStage.getBoundingClientRect();
     const scale = Math.min(box.width / size.w, box.height / size.h) || 1;
     view = { scale, x: (box.width - size.w * scale) / 2, y: (box.height - size.h * scale) / 2 };
@@ -136,7 +144,7 @@ function imageViewer() {
     });
     stage.addEventListener("pointerup", () => { drag = null; stage.classList.remove("dragging"); });
   }
-  window.addEventListener("resize", () => { if (fitted) fit(); });
+  window.addEventListener("resize", () => { if (fitted) fit(); else fitRow(); });
   document.addEventListener("keydown", (e) => {
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
     const keys = { f: fit, "1": actual, "+": () => zoomAt(1.25, ...centre()), "=": () => zoomAt(1.25, ...centre()),

@@ -58,12 +58,20 @@ def test_image_view_fills_the_screen_zooms_pans_compares_and_overlays_masks(brow
     stage = page.locator("#stage-main").bounding_box()
     shown = page.locator("#view-main").bounding_box()
     assert stage["height"] > 0.75 * VIEWPORT["height"] and stage["width"] > 0.6 * VIEWPORT["width"]
+    assert stage["y"] + stage["height"] <= VIEWPORT["height"]  # "fit" shows all of it without scrolling
     # fitted: the image touches two sides of the stage (was a 320 px thumbnail)
     assert abs(shown["width"] - stage["width"]) < 2 or abs(shown["height"] - stage["height"]) < 2
     assert "upscale" in page.locator("#label-main").inner_text()  # the current artifact is shown first
     page.wait_for_function("() => document.querySelector('#stage-main canvas.mask-layer').dataset.ready === '1'")
     assert " ".join(page.locator("#mask-toggles").inner_text().split()) == "mask: face"
     screenshot(page, "i15_image_view")
+    # a small window wraps the toolbar above the stage: the stage still ends inside the window
+    page.set_viewport_size({"width": 1024, "height": 640})
+    page.wait_for_function("() => { const s = document.querySelector('#stage-main').getBoundingClientRect();"
+                           " return s.bottom <= window.innerHeight && s.height > 320; }")
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_function(f"() => document.querySelector('#stage-main').getBoundingClientRect().height"
+                           f" > {0.75 * VIEWPORT['height']}")
 
     before = page.evaluate("window.imageView.state()")
     page.click("#zoom-in")
