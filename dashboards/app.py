@@ -103,11 +103,9 @@ class HeaderMiddleware:
         async def sending(message):
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])]
-                if close:
+                if close or (loads is not None and loads.busier()):
                     headers.append((b"connection", b"close"))
                 names = {k.lower() for k, _ in headers}
-                if loads is not None and not close and loads.busier():
-                    headers.append((b"connection", b"close"))
                 headers.append((b"server-timing", f"app;dur={(time.perf_counter() - start) * 1000:.2f}".encode()))
                 for name, value in ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")):
                     if name not in names:
